@@ -1,0 +1,101 @@
+"""Checkpoints: ``NAME.safetensors`` (weights) with ``NAME.json`` (model config) beside it."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from stsun.model import STSUN, ModelConfig, model_config
+
+# The trained demo checkpoint, once committed, lives here and is the default everywhere.
+DEMO_CHECKPOINT = Path(__file__).with_name("weights") / "stsun-tiny-demo.safetensors"
+
+
+class CheckpointError(ValueError):
+    pass
+
+
+def config_path(weights: Path) -> Path:
+    return weights.with_suffix(".json")
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call ``write(tmp_path)`` then rename, so a failure never leaves a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(model: STSUN, path: str | Path, extra: dict | None = None) -> Path:
+    path = Path(path).with_suffix(".safetensors")
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    atomic_write(path, lambda tmp: save_file(state, str(tmp)))
+    meta = {"format": "stsun-checkpoint/1", "config": model.config.to_dict(), **(extra or {})}
+    atomic_write(config_path(path), lambda tmp: tmp.write_text(json.dumps(meta, indent=2) + "\n"))
+    return path
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_checkpoint(path: str | Path) -> tuple[STSUN, dict]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    cfg_file = config_path(path)
+    if not cfg_file.is_file():
+        raise CheckpointError(f"checkpoint {path} has no config {cfg_file.name} beside it")
+    try:
+        meta = json.loads(cfg_file.read_text())
+        config = ModelConfig.from_dict(meta["config"])
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise CheckpointError(f"checkpoint config {cfg_file} is invalid: {err}") from None
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"checkpoint {path} could not be read as safetensors: {err}") from None
+    model = STSUN(config)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"checkpoint {path} does not fit a '{config.size}' STSUN: "
+                              f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+    model.eval()
+    return model, meta
+
+
+def load_model(checkpoint: str | Path | None = None, size: str | None = None, seed: int = 0) -> STSUN:
+    """The model in eval mode.
+
+    With no checkpoint: the committed demo checkpoint when it exists (and no other size is
+    asked for), else a randomly initialised model of ``size`` (default ``tiny``) from ``seed``.
+    """
+    if checkpoint is None and DEMO_CHECKPOINT.is_file():
+        demo_size = json.loads(config_path(DEMO_CHECKPOINT).read_text())["config"]["size"]
+        if size in (None, demo_size):
+            checkpoint = DEMO_CHECKPOINT
+    if checkpoint is not None:
+        model, _ = load_checkpoint(checkpoint)
+        if size is not None and size != model.config.size:
+            raise CheckpointError(f"checkpoint {checkpoint} holds a '{model.config.size}' model, not '{size}'")
+        return model
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = STSUN(model_config(size or "tiny"))
+    return model.eval()

@@ -1,0 +1,163 @@
+"""Deployment profiles: one TOML file fixes sensor, geometry, dates, task and classes.
+
+A profile is data. Built-in profiles live beside this module; a user profile is any
+TOML file with the same fields, passed by path wherever a profile name is accepted.
+"""
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+import tomllib
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+TASKS = ("ss", "bcd", "scd")
+UNIFIED_GRID = 256  # tiles are cut into p x p patches onto this grid, so p = tile_size / 256
+
+
+class ProfileError(ValueError):
+    """A profile could not be found or does not validate; the message names the field."""
+
+
+class Band(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str = Field(min_length=1)
+    wavelength_nm: float = Field(gt=300, lt=15000, description="band centre wavelength")
+
+
+class Scaling(BaseModel):
+    """How raw pixel values become model input: ``x * scale + offset``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    scale: float = 1.0
+    offset: float = 0.0
+    note: str = ""
+
+
+class Profile(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
+    description: str = ""
+    sensor: str
+    task: Literal["ss", "bcd", "scd"]
+    bands: tuple[Band, ...] = Field(min_length=1)
+    gsd_m: float = Field(gt=0, description="ground sampling distance of the tiles, metres")
+    tile_size: int = Field(gt=0)
+    t_in: int = Field(ge=1)
+    t_out: int | None = None
+    dates_days: tuple[float, ...] | None = Field(
+        default=None, description="nominal acquisition offsets (days) baked into folded engines")
+    classes: tuple[str, ...] = Field(min_length=1)
+    scaling: Scaling = Scaling()
+    model_size: Literal["tiny", "base", "large"] = "tiny"
+    nodata: float | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Profile":
+        if self.tile_size % UNIFIED_GRID:
+            raise ValueError(f"tile_size must be a multiple of {UNIFIED_GRID}, got {self.tile_size}")
+        expected_t_out = {"ss": 1, "bcd": self.t_in - 1, "scd": self.t_in}[self.task]
+        if self.task == "ss" and self.t_in != 1:
+            raise ValueError(f"t_in must be 1 for task 'ss', got {self.t_in}")
+        if self.task == "bcd" and self.t_in < 2:
+            raise ValueError(f"t_in must be at least 2 for task 'bcd', got {self.t_in}")
+        if self.t_out is None:
+            object.__setattr__(self, "t_out", expected_t_out)
+        elif self.t_out != expected_t_out:
+            raise ValueError(f"t_out must be {expected_t_out} for task '{self.task}' with t_in={self.t_in}, got {self.t_out}")
+        if self.dates_days is None:
+            object.__setattr__(self, "dates_days", tuple(365.0 * i for i in range(self.t_in)))
+        elif len(self.dates_days) != self.t_in:
+            raise ValueError(f"dates_days must have t_in={self.t_in} entries, got {len(self.dates_days)}")
+        elif any(b < a for a, b in zip(self.dates_days, self.dates_days[1:])):
+            raise ValueError("dates_days must be in acquisition order (non-decreasing)")
+        if len(set(self.classes)) != len(self.classes):
+            raise ValueError("classes must be unique")
+        if len({b.name for b in self.bands}) != len(self.bands):
+            raise ValueError("bands must have unique names")
+        return self
+
+    @property
+    def c_in(self) -> int:
+        return len(self.bands)
+
+    @property
+    def c_out(self) -> int:
+        return len(self.classes)
+
+    @property
+    def band_names(self) -> tuple[str, ...]:
+        return tuple(b.name for b in self.bands)
+
+    @property
+    def wavelengths_nm(self) -> tuple[float, ...]:
+        return tuple(b.wavelength_nm for b in self.bands)
+
+    @property
+    def patch(self) -> int:
+        """Pixels per unified-grid cell along each axis."""
+        return self.tile_size // UNIFIED_GRID
+
+    @property
+    def input_shape(self) -> tuple[int, int, int, int]:
+        """(T_in, C_in, H, W) of one sample."""
+        return (self.t_in, self.c_in, self.tile_size, self.tile_size)
+
+    def summary(self) -> dict:
+        """The fields `stsun profiles --json` prints."""
+        return {
+            "name": self.name, "task": self.task, "sensor": self.sensor,
+            "bands": list(self.band_names), "gsd": self.gsd_m, "tile_size": self.tile_size,
+            "t_in": self.t_in, "t_out": self.t_out, "classes": list(self.classes),
+        }
+
+
+def _format_validation(err: ValidationError, source: str) -> str:
+    lines = [f"invalid profile {source}:"]
+    for e in err.errors():
+        field = ".".join(str(p) for p in e["loc"]) or "(profile)"
+        lines.append(f"  field '{field}': {e['msg']}")
+    return "\n".join(lines)
+
+
+def profile_from_dict(data: dict, source: str = "<dict>") -> Profile:
+    try:
+        return Profile.model_validate(data)
+    except ValidationError as err:
+        raise ProfileError(_format_validation(err, source)) from None
+
+
+def builtin_profile_names() -> list[str]:
+    files = resources.files(__name__).iterdir()
+    return sorted(f.name[:-5] for f in files if f.name.endswith(".toml"))
+
+
+def load_profile(name_or_path: str | Path | Profile) -> Profile:
+    """A built-in profile by name, or a user profile from a TOML file path."""
+    if isinstance(name_or_path, Profile):
+        return name_or_path
+    text = str(name_or_path)
+    path = Path(text)
+    if text.endswith(".toml") or path.is_file():
+        if not path.is_file():
+            raise ProfileError(f"profile file not found: {path}")
+        source = str(path)
+        raw = path.read_text()
+    else:
+        res = resources.files(__name__) / f"{text}.toml"
+        if not res.is_file():
+            raise ProfileError(f"unknown profile '{text}'; built-in profiles: {', '.join(builtin_profile_names())}"
+                               " (or pass the path of a .toml profile file)")
+        source = f"'{text}' (built-in)"
+        raw = res.read_text()
+    try:
+        data = tomllib.loads(raw)
+    except tomllib.TOMLDecodeError as err:
+        raise ProfileError(f"profile {source} is not valid TOML: {err}") from None
+    return profile_from_dict(data, source)
+
+
+def builtin_profiles() -> list[Profile]:
+    return [load_profile(n) for n in builtin_profile_names()]

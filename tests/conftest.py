@@ -1,0 +1,24 @@
+import pytest
+import torch
+
+from stsun.model import STSUN, model_config
+
+
+def random_model(size: str = "tiny", seed: int = 0) -> STSUN:
+    """A seeded random model whose BatchNorm statistics are not the identity, so that
+    folding them into convolutions is really exercised."""
+    torch.manual_seed(seed)
+    model = STSUN(model_config(size))
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> STSUN:
+    return random_model("tiny")
