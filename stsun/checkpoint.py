@@ -17,6 +17,10 @@ from stsun.model import STSUN, ModelConfig, model_config
 DEMO_CHECKPOINT = Path(__file__).with_name("weights") / "stsun-tiny-demo.safetensors"
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 class CheckpointError(ValueError):
     pass
 
@@ -32,6 +36,7 @@ def atomic_write(path: Path, write) -> None:
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file normal permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -80,20 +85,26 @@ def load_checkpoint(path: str | Path) -> tuple[STSUN, dict]:
     return model, meta
 
 
-def load_model(checkpoint: str | Path | None = None, size: str | None = None, seed: int = 0) -> STSUN:
-    """The model in eval mode.
-
-    With no checkpoint: the committed demo checkpoint when it exists (and no other size is
-    asked for), else a randomly initialised model of ``size`` (default ``tiny``) from ``seed``.
-    """
-    if checkpoint is None and DEMO_CHECKPOINT.is_file():
+def resolve_checkpoint(checkpoint: str | Path | None, size: str | None) -> Path | None:
+    """The checkpoint a request means: the given one, else the demo checkpoint when it exists
+    and no other size is asked for, else None (a randomly initialised model)."""
+    if checkpoint is not None:
+        return Path(checkpoint)
+    if DEMO_CHECKPOINT.is_file():
         demo_size = json.loads(config_path(DEMO_CHECKPOINT).read_text())["config"]["size"]
         if size in (None, demo_size):
-            checkpoint = DEMO_CHECKPOINT
-    if checkpoint is not None:
-        model, _ = load_checkpoint(checkpoint)
+            return DEMO_CHECKPOINT
+    return None
+
+
+def load_model(checkpoint: str | Path | None = None, size: str | None = None, seed: int = 0) -> STSUN:
+    """The model in eval mode: from ``resolve_checkpoint(checkpoint, size)``, or, when that is
+    None, randomly initialised at ``size`` (default ``tiny``) from ``seed``."""
+    path = resolve_checkpoint(checkpoint, size)
+    if path is not None:
+        model, _ = load_checkpoint(path)
         if size is not None and size != model.config.size:
-            raise CheckpointError(f"checkpoint {checkpoint} holds a '{model.config.size}' model, not '{size}'")
+            raise CheckpointError(f"checkpoint {path} holds a '{model.config.size}' model, not '{size}'")
         return model
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -48,5 +48,13 @@ def profiles(
     console.print(table)
 
 
+def _register_build() -> None:
+    from stsun.export.build_engine import build_command
+
+    app.command("build")(build_command)
+
+
+_register_build()
+
 if __name__ == "__main__":
     app()

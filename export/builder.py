@@ -1,0 +1,116 @@
+"""The build: profile + checkpoint -> folded model -> ONNX (fp32/fp16/int8) -> TensorRT,
+each artifact checked against the eager model and recorded in ``build_report.json``."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.markup import escape
+
+import stsun
+from stsun.checkpoint import (DEMO_CHECKPOINT, atomic_write, file_sha256, load_model, resolve_checkpoint,
+                              save_checkpoint)
+from stsun.profiles import Profile
+from stsun.runtime import EagerEngine, FoldedEngine, OnnxRuntimeEngine
+from stsun.runtime.engine import REPORT_NAME
+from stsun.synthetic import synthetic_tiles
+
+from .fidelity import fidelity
+from .folding import fold
+from .onnx_export import convert_fp16, export_fp32, model_metadata, quantize_int8
+from .tensorrt_build import build_engine, tensorrt_unavailable_reason
+from .trt_compat import check_tensorrt_compat
+
+PRECISIONS = ("fp32", "fp16", "int8")
+FIDELITY_SEED, CALIBRATION_SEED = 20260101, 7  # held-out tiles differ from calibration tiles
+
+
+def build(profile: Profile, out: Path, checkpoint: Path | None = None, size: str | None = None,
+          precisions: tuple[str, ...] = PRECISIONS, max_batch: int = 8, fidelity_tiles: int = 4,
+          calibration_tiles: int = 16, console: Console | None = None) -> dict:
+    console = console or Console(stderr=True)
+    unknown = set(precisions) - set(PRECISIONS)
+    if unknown:
+        raise ValueError(f"unknown precision {sorted(unknown)}; choose from {PRECISIONS}")
+    out.mkdir(parents=True, exist_ok=True)
+    size = size or (None if checkpoint else profile.model_size)
+    resolved = resolve_checkpoint(checkpoint, size)
+    model = load_model(resolved, size=size)
+    source = "random init (seed 0)" if resolved is None else (
+        "demo checkpoint" if resolved == DEMO_CHECKPOINT else str(resolved))
+    if resolved is None:
+        console.print(f"[yellow]warning:[/] no checkpoint given and no demo checkpoint for size "
+                      f"'{model.config.size}': building from randomly initialised weights")
+    ckpt = save_checkpoint(model, out / "checkpoint")
+    sha = file_sha256(ckpt)
+    report: dict = {
+        "profile": json.loads(profile.model_dump_json()), "model_size": model.config.size,
+        "checkpoint": {"source": source, "file": ckpt.name, "sha256": sha},
+        "stsun_version": stsun.__version__, "torch_version": torch.__version__,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "host": platform.machine(), "max_batch": max_batch, "artifacts": [],
+    }
+    console.print(f"[bold]{profile.name}[/]: {model.config.size} model from {source} -> {out}")
+    x, _ = synthetic_tiles(profile, fidelity_tiles, seed=FIDELITY_SEED)
+    eager = EagerEngine(model, profile, max_batch)
+    ref = eager(x).astype(np.float64)
+
+    def record(name: str, kind: str, precision: str, path: Path | None, seconds: float, outputs: np.ndarray,
+               **extra) -> dict:
+        entry = {"name": name, "format": kind, "precision": precision,
+                 "path": path.name if path else None, "bytes": path.stat().st_size if path else None,
+                 "build_seconds": round(seconds, 2), "fidelity": fidelity(outputs, ref, precision), **extra}
+        report["artifacts"].append(entry)
+        f = entry["fidelity"]
+        mark = "[green]ok[/]" if f["gate"]["passed"] else "[red]FAILED[/]"
+        console.print(f"  {name:<14} agreement {f['argmax_agreement']:.6f}  max|err| {f['max_abs_err']:.2e}  {mark}")
+        return entry
+
+    t = time.perf_counter()
+    folded = FoldedEngine(model, profile, max_batch)
+    record("folded", "torch", "fp32", None, time.perf_counter() - t, folded(x))
+
+    meta = model_metadata(profile, {"checkpoint_sha256": sha, "stsun_version": stsun.__version__,
+                                    "model_size": model.config.size, "max_batch": max_batch})
+    onnx_paths: dict[str, Path] = {}
+    for precision in ("fp32", *[p for p in precisions if p != "fp32"]):
+        t = time.perf_counter()
+        path = out / f"model.{precision}.onnx"
+        if precision == "fp32":
+            export_fp32(fold(model, profile), profile, path, meta)
+        elif precision == "fp16":
+            convert_fp16(onnx_paths["fp32"], path)
+        else:
+            calib, _ = synthetic_tiles(profile, calibration_tiles, seed=CALIBRATION_SEED)
+            quantize_int8(onnx_paths["fp32"], path, calib)
+        seconds = time.perf_counter() - t
+        onnx_paths[precision] = path
+        engine = OnnxRuntimeEngine(path, profile, max_batch, providers=["CPUExecutionProvider"])
+        compat = check_tensorrt_compat(path).to_dict()
+        record(f"onnx-{precision}", "onnx", precision, path, seconds, engine(x), tensorrt_compat=compat)
+        if not compat["compatible"]:
+            console.print(f"  [red]TensorRT-incompatible:[/] {'; '.join(compat['problems'][:3])}")
+
+    reason = tensorrt_unavailable_reason()
+    report["tensorrt"] = {"built": reason is None, "reason": reason}
+    if reason:
+        console.print(f"  [yellow]TensorRT engine skipped:[/] {escape(reason)}")
+    else:
+        from stsun.runtime import TensorRTEngine
+
+        for precision in precisions:
+            plan = out / f"model.{precision}.plan"
+            info = build_engine(onnx_paths[precision], plan, profile, precision, max_batch, out / "timing.cache")
+            engine = TensorRTEngine(plan, profile, max_batch)
+            record(f"tensorrt-{precision}", "tensorrt", precision, plan, info.pop("build_seconds"), engine(x),
+                   engine_info=info)
+
+    report["passed"] = all(a["fidelity"]["gate"]["passed"] for a in report["artifacts"])
+    atomic_write(out / REPORT_NAME, lambda tmp: tmp.write_text(json.dumps(report, indent=2) + "\n"))
+    return report

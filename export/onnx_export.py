@@ -1,0 +1,139 @@
+"""ONNX export of a folded STSUN: fp32, fp16 and int8 variants with provenance metadata."""
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from stsun.checkpoint import atomic_write
+from stsun.profiles import Profile
+
+from .folding import FoldedSTSUN
+
+OPSET = 18
+INPUT_NAME, OUTPUT_NAME = "x", "logits"
+META_PREFIX = "stsun."
+# Kept in fp32 in the fp16 model: their reductions lose too much in half precision.
+# Quantised in the int8 model: the compute-heavy ops. Softmax and normalisations stay fp32
+# (quantising them costs more in Q/DQ traffic on CPU than it saves, and loses accuracy).
+INT8_OPS = ["Conv", "ConvTranspose", "MatMul", "Gemm"]
+FP16_KEEP_FP32 = ["LayerNormalization", "Softmax", "ReduceMean", "Pow", "Sqrt", "BatchNormalization"]
+
+
+def model_metadata(profile: Profile, extra: dict) -> dict[str, str]:
+    """The metadata_props every artifact carries; values are strings (JSON where structured)."""
+    meta = {
+        "profile": profile.model_dump_json(),
+        "profile_name": profile.name,
+        "task": profile.task,
+        "band_names": json.dumps(list(profile.band_names)),
+        "wavelengths_nm": json.dumps(list(profile.wavelengths_nm)),
+        "classes": json.dumps(list(profile.classes)),
+        "input_scaling": profile.scaling.model_dump_json(),
+        "input_shape": json.dumps(["batch", *profile.input_shape]),
+        **{k: v if isinstance(v, str) else json.dumps(v) for k, v in extra.items()},
+    }
+    return {META_PREFIX + k: v for k, v in meta.items()}
+
+
+def read_metadata(model: onnx.ModelProto | str | Path) -> dict[str, str]:
+    """The stsun.* metadata_props of an ONNX file, without the prefix."""
+    if not isinstance(model, onnx.ModelProto):
+        model = onnx.load(str(model), load_external_data=False)
+    return {p.key[len(META_PREFIX):]: p.value for p in model.metadata_props if p.key.startswith(META_PREFIX)}
+
+
+def _set_metadata(model: onnx.ModelProto, meta: dict[str, str]) -> None:
+    del model.metadata_props[:]
+    for k, v in meta.items():
+        model.metadata_props.add(key=k, value=v)
+
+
+def _unshare_fp32_initializers(model: onnx.ModelProto) -> None:
+    """Give every kept-fp32 node its own copy of a shared initializer. The exporter merges
+    identical initializers, and the fp16 converter then inserts one identically named Cast
+    per reader, which ORT rejects as a duplicate definition."""
+    inits = {i.name: i for i in model.graph.initializer}
+    readers: collections.Counter[str] = collections.Counter(
+        name for n in model.graph.node for name in n.input if name in inits)
+    copies = 0
+    for node in model.graph.node:
+        if node.op_type not in FP16_KEEP_FP32:
+            continue
+        for idx, name in enumerate(node.input):
+            if name in inits and readers[name] > 1:
+                copy = onnx.TensorProto()
+                copy.CopyFrom(inits[name])
+                copies += 1
+                copy.name = f"{name}__fp32_copy{copies}"
+                model.graph.initializer.append(copy)
+                node.input[idx] = copy.name
+                readers[name] -= 1
+
+
+def _save(model: onnx.ModelProto, path: Path) -> Path:
+    # Single file while it fits protobuf's 2 GB limit; larger models keep external data.
+    external = model.ByteSize() > 1_800_000_000
+    atomic_write(path, lambda tmp: onnx.save_model(model, str(tmp), save_as_external_data=external,
+                                                     location=path.name + ".data"))
+    return path
+
+
+def export_fp32(folded: FoldedSTSUN, profile: Profile, path: Path, meta: dict[str, str]) -> Path:
+    """Trace the folded model (dynamic batch, static tile) to ONNX at opset ``OPSET``."""
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # silence unrelated torchvision notes
+    example = torch.rand(2, *profile.input_shape)
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
+        raw = Path(tmp) / "raw.onnx"
+        torch.onnx.export(folded, (example,), str(raw), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                          opset_version=OPSET, dynamo=True, dynamic_shapes={"x": {0: batch}}, verbose=False)
+        model = onnx.load(str(raw))
+    _set_metadata(model, {**meta, META_PREFIX + "precision": "fp32"})
+    onnx.checker.check_model(model)
+    return _save(model, path)
+
+
+def convert_fp16(src: Path, dst: Path) -> Path:
+    """fp16 weights and activations inside, fp32 inputs/outputs and fp32 normalisations."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = onnx.load(str(src))
+    meta = {p.key: p.value for p in model.metadata_props}
+    _unshare_fp32_initializers(model)
+    half = convert_float_to_float16(model, keep_io_types=True, op_block_list=FP16_KEEP_FP32)
+    _set_metadata(half, {**meta, META_PREFIX + "precision": "fp16"})
+    return _save(half, dst)
+
+
+def quantize_int8(src: Path, dst: Path, calibration: np.ndarray, batch: int = 2) -> Path:
+    """Static int8 quantisation (QDQ, per-channel weights, symmetric activations so the graph
+    also satisfies TensorRT's explicit-quantization rules), calibrated on ``calibration`` tiles."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Tiles(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter([calibration[i:i + batch] for i in range(0, len(calibration), batch)])
+
+        def get_next(self) -> dict | None:
+            nxt = next(self.batches, None)
+            return None if nxt is None else {INPUT_NAME: nxt}
+
+    meta = {p.key: p.value for p in onnx.load(str(src), load_external_data=False).metadata_props}
+    with tempfile.TemporaryDirectory() as tmp:
+        pre, out = Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
+        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+        quantize_static(str(pre), str(out), Tiles(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        op_types_to_quantize=INT8_OPS,
+                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
+        model = onnx.load(str(out))
+    _set_metadata(model, {**meta, META_PREFIX + "precision": "int8"})
+    return _save(model, dst)

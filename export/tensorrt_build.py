@@ -1,0 +1,85 @@
+"""TensorRT engine build from the exported ONNX (needs TensorRT 10 and an NVIDIA GPU).
+
+Written against TensorRT 10's Python API; it has not run on the project's CPU machines.
+The engine's TensorRT version and GPU are recorded beside it (``*.plan.json``) and checked
+when it is loaded, because a plan only runs on the TensorRT version and GPU that built it.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from stsun.checkpoint import atomic_write
+from stsun.profiles import Profile
+
+WORKSPACE_BYTES = 4 << 30
+
+
+def tensorrt_unavailable_reason() -> str | None:
+    """None when an engine can be built here, else why not."""
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        return "tensorrt is not installed (pip install 'stsun[gpu]' on a machine with an NVIDIA GPU)"
+    try:
+        import pycuda.driver as cuda
+
+        cuda.init()
+        if cuda.Device.count() == 0:
+            return "no CUDA device found"
+    except Exception as err:  # pycuda missing, no driver, ...
+        return f"CUDA is not usable: {err}"
+    return None
+
+
+def gpu_identity() -> dict:
+    import pycuda.driver as cuda
+    import tensorrt as trt
+
+    cuda.init()
+    dev = cuda.Device(0)
+    return {"tensorrt": trt.__version__, "gpu": dev.name(), "compute_capability": list(dev.compute_capability())}
+
+
+def build_engine(onnx_path: Path, plan_path: Path, profile: Profile, precision: str, max_batch: int,
+                 timing_cache: Path) -> dict:
+    """Build and serialise an engine; returns what the build report records."""
+    import tensorrt as trt
+
+    start = time.perf_counter()
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise RuntimeError(f"TensorRT could not parse {onnx_path}: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, WORKSPACE_BYTES)
+    if precision in ("fp16", "int8"):
+        config.set_flag(trt.BuilderFlag.FP16)
+    if precision == "int8":
+        config.set_flag(trt.BuilderFlag.INT8)  # the int8 ONNX carries explicit Q/DQ scales
+    if precision != "fp32":
+        # Normalisation and softmax reductions stay fp32; TensorRT must obey that.
+        config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
+        for i in range(network.num_layers):
+            layer = network.get_layer(i)
+            if layer.type in (trt.LayerType.NORMALIZATION, trt.LayerType.SOFTMAX, trt.LayerType.REDUCE):
+                layer.precision = trt.float32
+                layer.set_output_type(0, trt.float32)
+    shape = profile.input_shape
+    opt = builder.create_optimization_profile()
+    opt.set_shape("x", (1, *shape), (max_batch, *shape), (max_batch, *shape))
+    config.add_optimization_profile(opt)
+    cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.is_file() else b"")
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise RuntimeError(f"TensorRT failed to build a {precision} engine from {onnx_path}")
+    atomic_write(plan_path, lambda tmp: tmp.write_bytes(bytes(serialized)))
+    atomic_write(timing_cache, lambda tmp: tmp.write_bytes(bytes(config.get_timing_cache().serialize())))
+    identity = {**gpu_identity(), "precision": precision, "max_batch": max_batch}
+    atomic_write(plan_path.with_suffix(".plan.json"), lambda tmp: tmp.write_text(json.dumps(identity, indent=2)))
+    return {**identity, "build_seconds": round(time.perf_counter() - start, 2)}

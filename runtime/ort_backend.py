@@ -1,0 +1,60 @@
+"""ONNX Runtime backend: TensorRT, CUDA or CPU execution provider, whichever exist."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from stsun.profiles import Profile, profile_from_dict
+
+from .engine import BuildDir, Engine, EngineError
+
+PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+class OnnxRuntimeEngine(Engine):
+    backend = "onnxruntime"
+
+    def __init__(self, onnx_path: str | Path, profile: Profile | None = None, max_batch: int | None = None,
+                 providers: list[str] | None = None, threads: int | None = None) -> None:
+        path = Path(onnx_path)
+        if not path.is_file():
+            raise EngineError(f"ONNX model not found: {path}")
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            opts.intra_op_num_threads = threads
+        available = ort.get_available_providers()
+        chosen = providers or [p for p in PREFERRED_PROVIDERS if p in available]
+        try:
+            self.session = ort.InferenceSession(str(path), opts, providers=chosen)
+        except Exception as err:  # onnxruntime raises its own untyped exceptions
+            raise EngineError(f"could not load ONNX model {path} (corrupted or truncated file? rebuild it): "
+                              f"{str(err).splitlines()[0][:300]}") from None
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if "stsun.profile" not in meta:
+            raise EngineError(f"{path} carries no stsun metadata: not exported by stsun")
+        stored = profile_from_dict(json.loads(meta["stsun.profile"]), source=str(path))
+        if profile is not None and stored.name != profile.name:
+            raise EngineError(f"{path} was built for profile '{stored.name}', not '{profile.name}'")
+        super().__init__(profile or stored, max_batch)
+        self.path = path
+        self._precision = meta.get("stsun.precision", "fp32")
+        self.providers = self.session.get_providers()
+
+    @classmethod
+    def open(cls, build: BuildDir, precision: str = "fp32", **options) -> "OnnxRuntimeEngine":
+        return cls(build.artifact("onnx", precision), build.profile, build.max_batch, **options)
+
+    @property
+    def device(self) -> str:
+        return "cpu" if self.providers[0] == "CPUExecutionProvider" else self.providers[0]
+
+    @property
+    def precision(self) -> str:
+        return self._precision
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {"x": x})[0]

@@ -1,0 +1,61 @@
+"""PyTorch backends: ``eager`` (the research-style dynamic model) and ``folded``."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from stsun.checkpoint import file_sha256, load_checkpoint
+from stsun.export.folding import fold
+from stsun.model import STSUN, Metadata
+from stsun.profiles import Profile
+
+from .engine import BuildDir, Engine, EngineError
+
+
+def _checkpoint_model(build: BuildDir) -> STSUN:
+    path = build.checkpoint
+    want = build.report["checkpoint"]["sha256"]
+    if not path.is_file() or file_sha256(path) != want:
+        raise EngineError(f"checkpoint {path} is missing or does not match the build's sha256 {want[:12]}…")
+    return load_checkpoint(path)[0]
+
+
+class EagerEngine(Engine):
+    """The dynamic model as the research code runs it: every call evaluates the DUMs."""
+
+    backend = "eager"
+
+    def __init__(self, model: STSUN, profile: Profile, max_batch: int | None = None) -> None:
+        super().__init__(profile, max_batch)
+        self.model = model.eval()
+        self.meta = Metadata.from_profile(profile)
+
+    @classmethod
+    def open(cls, build: BuildDir, precision: str = "fp32") -> "EagerEngine":
+        if precision != "fp32":
+            raise EngineError("the eager backend runs in fp32 only")
+        return cls(_checkpoint_model(build), build.profile, build.max_batch)
+
+    @torch.inference_mode()
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        return self.model(torch.from_numpy(x), self.meta).numpy()
+
+
+class FoldedEngine(Engine):
+    """The folded static model in PyTorch (no hypernetwork at run time)."""
+
+    backend = "folded"
+
+    def __init__(self, model: STSUN, profile: Profile, max_batch: int | None = None) -> None:
+        super().__init__(profile, max_batch)
+        self.module = fold(model.eval(), profile)
+
+    @classmethod
+    def open(cls, build: BuildDir, precision: str = "fp32") -> "FoldedEngine":
+        if precision != "fp32":
+            raise EngineError("the folded backend runs in fp32 only (use onnxruntime or tensorrt for fp16/int8)")
+        return cls(_checkpoint_model(build), build.profile, build.max_batch)
+
+    @torch.inference_mode()
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        return self.module(torch.from_numpy(x)).numpy()

@@ -1,0 +1,165 @@
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from stsun import InputError, Metadata, load_profile
+from stsun.export.builder import build
+from stsun.export.folding import fold
+from stsun.export.onnx_export import read_metadata
+from stsun.export.trt_compat import check_tensorrt_compat
+from stsun.profiles import builtin_profile_names
+from stsun.runtime import EngineError, OnnxRuntimeEngine, load_engine
+from stsun.synthetic import synthetic_tiles
+
+from conftest import random_model
+
+
+@pytest.mark.parametrize("name", ["sentinel2-scd", "sentinel2-bcd", "landsat8-ss", "whu-ss", "tscd-bcd"])
+def test_folded_matches_dynamic(tiny_model, name):
+    """Folding (strided-conv SSUM, constant TUM, BN into convs) reproduces the dynamic model."""
+    p = load_profile(name)
+    x = torch.from_numpy(synthetic_tiles(p, 2, seed=3)[0])
+    with torch.no_grad():
+        ref = tiny_model(x, Metadata.from_profile(p))
+        got = fold(tiny_model, p)(x)
+    assert (got - ref).abs().max() < 1e-5
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in (*fold(tiny_model, p).stem, *fold(tiny_model, p).head))
+
+
+def test_fold_requires_eval_mode():
+    with pytest.raises(ValueError, match="eval-mode"):
+        fold(random_model().train(), load_profile("sentinel2-ss"))
+
+
+@pytest.fixture(scope="module")
+def s2_build(tmp_path_factory):
+    out = tmp_path_factory.mktemp("build") / "sentinel2-scd"
+    report = build(load_profile("sentinel2-scd"), out, size="tiny", precisions=("fp32", "fp16", "int8"),
+                   max_batch=4, fidelity_tiles=2, calibration_tiles=4)
+    return out, report
+
+
+def test_build_report(s2_build):
+    out, report = s2_build
+    on_disk = json.loads((out / "build_report.json").read_text())
+    assert on_disk == report
+    names = {a["name"]: a for a in report["artifacts"]}
+    assert {"folded", "onnx-fp32", "onnx-fp16", "onnx-int8"} <= set(names)
+    for name in ("folded", "onnx-fp32"):
+        f = names[name]["fidelity"]
+        assert f["gate"]["passed"] and f["argmax_agreement"] >= 0.9999 and f["max_abs_err"] <= 1e-3
+    for a in report["artifacts"]:
+        if a["format"] == "onnx":
+            assert a["bytes"] == (out / a["path"]).stat().st_size and a["build_seconds"] >= 0
+            assert a["tensorrt_compat"]["compatible"], a["tensorrt_compat"]["problems"]
+    assert report["tensorrt"]["built"] is False and "tensorrt" in report["tensorrt"]["reason"]
+    assert not list(out.glob(".*.tmp"))
+
+
+def test_onnx_is_static_except_batch_and_metadata_round_trips(s2_build):
+    out, report = s2_build
+    model = onnx.load(str(out / "model.fp32.onnx"))
+    assert model.opset_import[0].version >= 17
+    dims = [d.dim_param or d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    assert isinstance(dims[0], str) and dims[1:] == [2, 10, 256, 256]
+    meta = read_metadata(model)
+    p = load_profile("sentinel2-scd")
+    assert json.loads(meta["band_names"]) == list(p.band_names)
+    assert json.loads(meta["wavelengths_nm"]) == list(p.wavelengths_nm)
+    assert json.loads(meta["classes"]) == list(p.classes)
+    assert meta["task"] == "scd" and meta["precision"] == "fp32"
+    assert json.loads(meta["input_scaling"])["scale"] == pytest.approx(1e-4)
+    assert meta["checkpoint_sha256"] == report["checkpoint"]["sha256"]
+    assert meta["stsun_version"] and json.loads(meta["profile"])["name"] == "sentinel2-scd"
+    assert read_metadata(out / "model.int8.onnx")["precision"] == "int8"
+
+
+@pytest.mark.parametrize("backend", ["eager", "folded", "onnxruntime"])
+def test_backends_agree_and_validate(s2_build, backend):
+    out, _ = s2_build
+    engine = load_engine(out, backend=backend)
+    assert engine.profile.name == "sentinel2-scd" and engine.max_batch == 4
+    x, _ = synthetic_tiles(engine.profile, 5, seed=5)  # 5 > max batch: split into 4 + 1
+    ref = load_engine(out, backend="eager")(x)
+    y = engine(x)
+    assert y.shape == (5, 2, 6, 256, 256) and y.dtype == np.float32
+    assert np.abs(y - ref).max() < 1e-4
+    other = load_profile("landsat8-ss")  # another profile's tile shape is refused, naming the expectation
+    with pytest.raises(InputError, match=r"expected T_in=2"):
+        engine(np.zeros((1, *other.input_shape), np.float32))
+    with pytest.raises(InputError, match="wrong dtype: expected float32, got float64"):
+        engine(x.astype(np.float64))
+    bad = x[:1].copy()
+    bad[0, 0, 0, 0, 0] = np.inf
+    with pytest.raises(InputError, match="NaN or infinite"):
+        engine(bad)
+
+
+def test_unknown_backend_and_missing_artifact(s2_build, tmp_path):
+    out, _ = s2_build
+    with pytest.raises(EngineError, match="unknown backend"):
+        load_engine(out, backend="cuda-magic")
+    with pytest.raises(EngineError, match="not a build directory"):
+        load_engine(tmp_path)
+    with pytest.raises(EngineError, match="runs in fp32 only"):
+        load_engine(out, backend="folded", precision="int8")
+
+
+def test_corrupted_or_truncated_onnx(s2_build, tmp_path):
+    out, _ = s2_build
+    data = (out / "model.fp32.onnx").read_bytes()
+    truncated = tmp_path / "truncated.onnx"
+    truncated.write_bytes(data[: len(data) // 3])
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"\x00not an onnx model" * 100)
+    for path in (truncated, garbage):
+        with pytest.raises(EngineError, match="corrupted or truncated"):
+            OnnxRuntimeEngine(path)
+
+
+def test_compat_check_flags_problems(s2_build, tmp_path):
+    out, _ = s2_build
+    model = onnx.load(str(out / "model.fp32.onnx"))
+    model.graph.node[0].op_type = "Unique"
+    model.graph.input[0].type.tensor_type.shape.dim[3].dim_param = "height"
+    report = check_tensorrt_compat(model)
+    assert not report.compatible
+    assert any("Unique" in p for p in report.problems)
+    assert any("only axis 0 (batch) may be dynamic" in p for p in report.problems)
+
+
+def test_build_cli_every_profile_passes_fp32(tmp_path):
+    """Every built-in profile builds at tiny size and passes the fp32 gate."""
+    from typer.testing import CliRunner
+
+    from stsun.cli import app
+
+    for name in builtin_profile_names():
+        out = tmp_path / name
+        res = CliRunner().invoke(app, ["build", "--profile", name, "--size", "tiny", "--precision", "fp32",
+                                       "--max-batch", "2", "--out", str(out)])
+        assert res.exit_code == 0, (name, res.output)
+        report = json.loads((out / "build_report.json").read_text())
+        assert report["passed"] and {a["name"] for a in report["artifacts"]} == {"folded", "onnx-fp32"}
+
+
+def test_build_cli_bad_arguments(tmp_path):
+    from typer.testing import CliRunner
+
+    from stsun.cli import app
+
+    res = CliRunner().invoke(app, ["build", "--profile", "nope", "--out", str(tmp_path)])
+    assert res.exit_code == 2 and "unknown profile" in res.output
+    res = CliRunner().invoke(app, ["build", "--profile", "sentinel2-ss", "--precision", "fp8", "--out", str(tmp_path)])
+    assert res.exit_code == 2 and "unknown precision" in res.output
+
+
+def test_sentinel2_scd_builds_at_base_size(tmp_path):
+    report = build(load_profile("sentinel2-scd"), tmp_path / "base", size="base", precisions=("fp32",),
+                   max_batch=2, fidelity_tiles=2)
+    assert report["model_size"] == "base" and report["passed"]
+    f = next(a for a in report["artifacts"] if a["name"] == "onnx-fp32")["fidelity"]
+    assert f["argmax_agreement"] >= 0.9999 and f["max_abs_err"] <= 1e-3
