@@ -20,6 +20,7 @@ from stsun.profiles import Profile
 from stsun.runtime import EagerEngine, FoldedEngine, OnnxRuntimeEngine
 from stsun.runtime.engine import REPORT_NAME
 from stsun.synthetic import synthetic_tiles
+from stsun.train import calibrate_batchnorm
 
 from .fidelity import fidelity
 from .folding import fold
@@ -33,7 +34,7 @@ FIDELITY_SEED, CALIBRATION_SEED = 20260101, 7  # held-out tiles differ from cali
 
 def build(profile: Profile, out: Path, checkpoint: Path | None = None, size: str | None = None,
           precisions: tuple[str, ...] = PRECISIONS, max_batch: int = 8, fidelity_tiles: int = 4,
-          calibration_tiles: int = 16, console: Console | None = None) -> dict:
+          calibration_tiles: int = 16, calibrate_bn: bool = False, console: Console | None = None) -> dict:
     console = console or Console(stderr=True)
     unknown = set(precisions) - set(PRECISIONS)
     if unknown:
@@ -47,6 +48,10 @@ def build(profile: Profile, out: Path, checkpoint: Path | None = None, size: str
     if resolved is None:
         console.print(f"[yellow]warning:[/] no checkpoint given and no demo checkpoint for size "
                       f"'{model.config.size}': building from randomly initialised weights")
+    if calibrate_bn:  # a sensor the checkpoint was not calibrated for: its task's statistics from this profile
+        calibrate_batchnorm(model, [profile])
+        model.eval()
+        source += f", BatchNorm statistics recalibrated on generated {profile.name} tiles"
     ckpt = save_checkpoint(model, out / "checkpoint")
     sha = file_sha256(ckpt)
     report: dict = {
@@ -57,9 +62,11 @@ def build(profile: Profile, out: Path, checkpoint: Path | None = None, size: str
         "host": platform.machine(), "max_batch": max_batch, "artifacts": [],
     }
     console.print(f"[bold]{profile.name}[/]: {model.config.size} model from {source} -> {out}")
-    x, _ = synthetic_tiles(profile, fidelity_tiles, seed=FIDELITY_SEED)
+    # The same pixel budget as `fidelity_tiles` two-date 256 px tiles, at least one tile.
+    n_tiles = max(1, fidelity_tiles * 2 * 256 ** 2 // (profile.t_in * profile.tile_size ** 2))
+    x, _ = synthetic_tiles(profile, n_tiles, seed=FIDELITY_SEED)
     eager = EagerEngine(model, profile, max_batch)
-    ref = eager(x).astype(np.float64)
+    ref = eager(x)
 
     def record(name: str, kind: str, precision: str, path: Path | None, seconds: float, outputs: np.ndarray,
                **extra) -> dict:

@@ -5,7 +5,7 @@ For a fixed (sensor, GSD, tile size, dates, task, classes) every DUM output is a
 - TUM         (two generated Linear maps)   -> two constant MatMuls over the date axis
 - output SSUM (generated Linear + shuffle)  -> 1x1 Conv2d + PixelShuffle(p)
 - task and position embeddings              -> constant token biases
-- eval-mode BatchNorm after a conv          -> folded into that conv
+- eval-mode BatchNorm after a conv          -> folded into that conv (with the task's statistics)
 The result has no hypernetwork and no metadata inputs: x (B, T_in, C_in, H, W) -> logits.
 """
 from __future__ import annotations
@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from stsun.model import STSUN, Metadata
+from stsun.model.norm import TaskBatchNorm2d
 from stsun.model.stsun import run_blocks
 from stsun.profiles import Profile
 
@@ -30,6 +31,16 @@ def fold_batchnorm(conv: nn.Conv2d | nn.ConvTranspose2d, bn: nn.BatchNorm2d) -> 
     fused.weight = nn.Parameter(conv.weight * scale.view(shape))
     fused.bias = nn.Parameter((bias - bn.running_mean) * scale + bn.bias)
     return fused
+
+
+def task_statistics(module: nn.Module, task: int) -> nn.Module:
+    """A copy of ``module`` whose TaskBatchNorm2d layers are plain BatchNorm2d with ``task``'s statistics."""
+    module = copy.deepcopy(module)
+    for child in list(module.modules()):
+        for attr, sub in list(child.named_children()):
+            if isinstance(sub, TaskBatchNorm2d):
+                setattr(child, attr, sub.to_batchnorm(task))
+    return module
 
 
 def fold_sequential(seq: nn.Sequential) -> nn.Sequential:
@@ -59,17 +70,18 @@ class FoldedSTSUN(nn.Module):
             self.input = nn.Conv2d(meta.c_in, cfg.unified_dim, p, stride=p)
             self.input.weight.copy_(gen.w_in.view(cfg.unified_dim, meta.c_in, p, p))
             self.input.bias.copy_(gen.b_in)
-            self.stem = fold_sequential(model.stem)
+            task = model.task_index(meta.task)
+            self.stem = fold_sequential(task_statistics(model.stem, task))
             self.register_buffer("token_bias", (model.pos_embed + gen.task).clone())
-            self.encoder = copy.deepcopy(model.encoder)
+            self.encoder = task_statistics(model.encoder, task)
             self.register_buffer("w_t1", gen.w_t1.clone())
             self.register_buffer("b_t1", gen.b_t1.view(-1, 1).clone())
             self.register_buffer("w_t2", gen.w_t2.clone())
             self.register_buffer("b_t2", gen.b_t2.view(-1, 1).clone())
-            self.decoder = copy.deepcopy(model.decoder)
+            self.decoder = task_statistics(model.decoder, task)
             self.norm = copy.deepcopy(model.norm)
             self.register_buffer("out_bias", gen.task.clone())
-            self.head = fold_sequential(model.head)
+            self.head = fold_sequential(task_statistics(model.head, task))
             self.output = nn.Conv2d(cfg.unified_dim, meta.c_out * p * p, 1)
             self.output.weight.copy_(gen.w_out[:, :, None, None])
             self.output.bias.copy_(gen.b_out)

@@ -55,34 +55,67 @@ def smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], scale: float)
     return field / (field.std(axis=(-2, -1), keepdims=True) + 1e-12)
 
 
-def land_cover(rng: np.random.Generator, size: int, n_classes: int, feature_px: float) -> np.ndarray:
-    """(size, size) int map with blob-shaped regions of every class."""
-    return smooth_noise(rng, (n_classes, size, size), feature_px).argmax(axis=0)
+def land_cover(rng: np.random.Generator, size: int, classes: list[str], feature_px: float) -> np.ndarray:
+    """(size, size) map of indices into ``classes``: blob-shaped regions, then straight roads
+    and rectangular buildings of varied size where those classes are asked for."""
+    lc = smooth_noise(rng, (len(classes), size, size), feature_px).argmax(axis=0)
+    urban = [classes.index(c) for c in ("road", "impervious surface") if c in classes]
+    if urban:
+        yy, xx = np.mgrid[:size, :size]
+        for _ in range(rng.integers(1, 4)):
+            angle, offset = rng.uniform(0, np.pi), rng.uniform(-size / 2, size / 2)
+            dist = np.abs((xx - size / 2) * np.sin(angle) - (yy - size / 2) * np.cos(angle) - offset)
+            lc[dist < max(1.0, 0.01 * size)] = urban[0]
+    built = [classes.index(c) for c in ("building", "impervious surface") if c in classes]
+    if built:
+        for _ in range(rng.integers(0, max(2, size // 16))):
+            h, w = rng.integers(max(2, size // 64), max(3, size // 10), size=2)
+            r, c = rng.integers(0, size - h), rng.integers(0, size - w)
+            lc[r:r + h, c:c + w] = built[0]
+    return lc
+
+
+def add_clouds(rng: np.random.Generator, img: np.ndarray, cover: float) -> np.ndarray:
+    """Blend bright, spectrally flat clouds over ``cover`` of the image (C, H, W)."""
+    field = smooth_noise(rng, img.shape[-2:], img.shape[-1] / 6)
+    alpha = np.clip((field - np.quantile(field, 1 - cover)) * 2, 0, 1)
+    return img * (1 - alpha) + 0.7 * alpha
 
 
 def synthetic_tiles(profile: Profile, n: int, seed: int = 0, change_fraction: float = 0.25,
-                    noise: float = 0.01) -> tuple[np.ndarray, np.ndarray]:
+                    noise: float = 0.01, cloud_cover: float = 0.0,
+                    nodata_stripes: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """``n`` tiles for a profile: x (n, T_in, C_in, H, W) float32 reflectance and the class
     labels per date (n, T_in, H, W) int64 (indices into ``profile.classes``, or, for
-    single-class profiles, 1 = that class, 0 = other)."""
+    single-class profiles, 1 = that class, 0 = other). Change between dates is exactly
+    where the labels differ. Optional clouds (labels unchanged: the ground is still there)
+    and nodata stripes (x = NaN, label -1)."""
     rng = np.random.default_rng(seed)
     size, t_in = profile.tile_size, profile.t_in
     classes = list(profile.classes)
     if profile.c_out == 1:  # binary profiles: the class against generic background
         classes = ["background", "building" if classes[0] == "change" else classes[0]]
     spectra = np.stack([class_spectrum(c, np.array(profile.wavelengths_nm)) for c in classes])  # (K, C)
-    feature_px = max(4.0, 60.0 / profile.gsd_m * 10.0 / max(profile.patch, 1))
+    feature_px = max(4.0, 600.0 / profile.gsd_m)  # land-cover patches of ~600 m, whatever the tile
     x = np.empty((n, t_in, profile.c_in, size, size), np.float32)
     labels = np.empty((n, t_in, size, size), np.int64)
     for i in range(n):
-        lc = land_cover(rng, size, len(classes), min(feature_px, size / 4))
+        lc = land_cover(rng, size, classes, min(feature_px, size / 4))
         for t in range(t_in):
             if t:
                 field = smooth_noise(rng, (size, size), size / 8)
                 changed = field > np.quantile(field, 1 - change_fraction)
-                lc = np.where(changed, land_cover(rng, size, len(classes), feature_px / 2), lc)
+                lc = np.where(changed, land_cover(rng, size, classes, feature_px / 2), lc)
             labels[i, t] = lc
             texture = 1.0 + 0.05 * smooth_noise(rng, (size, size), 2.0)
             img = spectra[lc].transpose(2, 0, 1) * texture
-            x[i, t] = img + noise * rng.standard_normal(img.shape)
+            img = img + noise * rng.standard_normal(img.shape)
+            if cloud_cover > 0:
+                img = add_clouds(rng, img, cloud_cover)
+            x[i, t] = img
+            for _ in range(nodata_stripes):
+                r = rng.integers(0, size - 4)
+                x[i, t, :, r:r + rng.integers(2, 6)] = np.nan
+    nan = np.isnan(x).any(axis=2)
+    labels[nan] = -1
     return x, labels

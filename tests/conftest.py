@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from stsun.model import STSUN, model_config
+from stsun.model.norm import TaskBatchNorm2d
 
 
 def random_model(size: str = "tiny", seed: int = 0) -> STSUN:
@@ -11,9 +12,9 @@ def random_model(size: str = "tiny", seed: int = 0) -> STSUN:
     model = STSUN(model_config(size))
     with torch.no_grad():
         for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
+            if isinstance(m, TaskBatchNorm2d):
+                m.task_mean.uniform_(-0.5, 0.5)
+                m.task_var.uniform_(0.5, 2.0)
                 m.weight.uniform_(0.5, 1.5)
                 m.bias.uniform_(-0.2, 0.2)
     return model.eval()

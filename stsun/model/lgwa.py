@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .norm import TaskBatchNorm2d
+
 # Per group of four blocks: three window shapes (rows x cols, in tokens), then global.
 WINDOW_SCHEDULE: tuple[tuple[int, int] | None, ...] = ((32, 8), (16, 16), (8, 32), None)
 
@@ -69,7 +71,15 @@ class WindowAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, grid_hw: tuple[int, int]) -> torch.Tensor:
         window = self.window_hw or grid_hw
-        out = window_attention_reference(self.qkv(x), grid_hw, window, self.num_heads)
+        qkv = self.qkv(x)
+        if qkv.is_cuda and not (torch.is_grad_enabled() and qkv.requires_grad):
+            # Inference on a GPU: the fused kernel, as a custom op that torch.compile can capture.
+            from stsun.kernels.ops import window_attention_op
+
+            hd = qkv.shape[-1] // (3 * self.num_heads)
+            out = window_attention_op(qkv, *grid_hw, *window, self.num_heads, hd ** -0.5)
+        else:
+            out = window_attention_reference(qkv, grid_hw, window, self.num_heads)
         return self.proj(out)
 
 
@@ -77,14 +87,14 @@ class LGWABlock(nn.Module):
     """x += Attn(LN(x)); x += MLP(LN(x)); x += Conv3x3(SiLU(BN(x))) on the token grid."""
 
     def __init__(self, dim: int, num_heads: int, window_hw: tuple[int, int] | None,
-                 mlp_ratio: float = 4.0, eps: float = 1e-6) -> None:
+                 mlp_ratio: float = 4.0, eps: float = 1e-6, num_tasks: int = 3) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=eps)
         self.attn = WindowAttention(dim, num_heads, window_hw)
         self.norm2 = nn.LayerNorm(dim, eps=eps)
         hidden = int(dim * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
-        self.local = nn.Sequential(nn.BatchNorm2d(dim), nn.SiLU(), nn.Conv2d(dim, dim, 3, padding=1))
+        self.local = nn.Sequential(TaskBatchNorm2d(dim, num_tasks), nn.SiLU(), nn.Conv2d(dim, dim, 3, padding=1))
 
     def forward(self, x: torch.Tensor, grid_hw: tuple[int, int]) -> torch.Tensor:
         x = x + self.attn(self.norm1(x), grid_hw)

@@ -21,6 +21,7 @@ from .dum import DUM
 from .embed import sincos_2d
 from .lgwa import WINDOW_SCHEDULE, LGWABlock
 from .metadata import Metadata
+from .norm import TaskBatchNorm2d
 
 
 @dataclass
@@ -39,26 +40,27 @@ class Generated:
     patch: int
 
 
-def make_stem(unified_dim: int, embed_dim: int) -> nn.Sequential:
+def make_stem(unified_dim: int, embed_dim: int, tasks: int) -> nn.Sequential:
     """Unified grid (D_u, U, U) -> token grid (D, U/8, U/8)."""
     return nn.Sequential(
-        nn.Conv2d(unified_dim, unified_dim, 3, padding=1), nn.BatchNorm2d(unified_dim), nn.SiLU(),
-        nn.Conv2d(unified_dim, embed_dim, 12, stride=8, padding=2), nn.BatchNorm2d(embed_dim), nn.SiLU(),
+        nn.Conv2d(unified_dim, unified_dim, 3, padding=1), TaskBatchNorm2d(unified_dim, tasks), nn.SiLU(),
+        nn.Conv2d(unified_dim, embed_dim, 12, stride=8, padding=2), TaskBatchNorm2d(embed_dim, tasks), nn.SiLU(),
         nn.Conv2d(embed_dim, embed_dim, 3, padding=1),
     )
 
 
-def make_head(embed_dim: int, unified_dim: int) -> nn.Sequential:
+def make_head(embed_dim: int, unified_dim: int, tasks: int) -> nn.Sequential:
     """Token grid (D, U/8, U/8) -> unified grid (D_u, U, U)."""
     return nn.Sequential(
-        nn.ConvTranspose2d(embed_dim, unified_dim, 8, stride=8), nn.BatchNorm2d(unified_dim), nn.SiLU(),
+        nn.ConvTranspose2d(embed_dim, unified_dim, 8, stride=8), TaskBatchNorm2d(unified_dim, tasks), nn.SiLU(),
         nn.Conv2d(unified_dim, unified_dim, 3, padding=1),
     )
 
 
 def make_blocks(cfg: ModelConfig, depth: int) -> nn.ModuleList:
     return nn.ModuleList(
-        LGWABlock(cfg.embed_dim, cfg.num_heads, WINDOW_SCHEDULE[i % len(WINDOW_SCHEDULE)], cfg.mlp_ratio)
+        LGWABlock(cfg.embed_dim, cfg.num_heads, WINDOW_SCHEDULE[i % len(WINDOW_SCHEDULE)], cfg.mlp_ratio,
+                  num_tasks=len(cfg.tasks))
         for i in range(depth))
 
 
@@ -75,7 +77,7 @@ class STSUN(nn.Module):
         d, du, hid = config.embed_dim, config.unified_dim, config.dum_hidden
         g = config.token_grid
         self.input_dum = DUM(("wavelength_um", "gsd_m", "pos_row", "pos_col"), du, "in", hid)
-        self.stem = make_stem(du, d)
+        self.stem = make_stem(du, d, len(config.tasks))
         self.register_buffer("pos_embed", sincos_2d(g, g, d), persistent=False)
         self.task_embed = nn.Parameter(torch.randn(len(config.tasks), d) * 0.02)
         self.encoder = make_blocks(config, config.enc_depth)
@@ -83,7 +85,7 @@ class STSUN(nn.Module):
         self.tum_out = DUM(("time_start_years", "time_end_years"), config.temporal_dim, "out", hid, cond_dim=d)
         self.decoder = make_blocks(config, config.dec_depth)
         self.norm = nn.LayerNorm(d, eps=1e-6)
-        self.head = make_head(d, du)
+        self.head = make_head(d, du, len(config.tasks))
         self.class_embed = nn.Embedding(len(config.class_vocabulary), hid)
         self.output_dum = DUM(("gsd_m", "pos_row", "pos_col"), du, "out", hid, cond_dim=hid)
 
@@ -124,8 +126,16 @@ class STSUN(nn.Module):
                     allowed_dtypes=(str(self.task_embed.dtype).removeprefix("torch."),),
                     context=f"STSUN[{meta.name}]", band_names=meta.band_names)
 
+    def select_task(self, task: str) -> None:
+        """Point every TaskBatchNorm2d at this task's running statistics."""
+        idx = self.task_index(task)
+        for m in self.modules():
+            if isinstance(m, TaskBatchNorm2d):
+                m.task = idx
+
     def forward(self, x: torch.Tensor, meta: Metadata) -> torch.Tensor:
         self.check_input(x, meta)
+        self.select_task(meta.task)
         gen = self.generate(meta)
         b, t = x.shape[:2]
         g, d, p = self.config.token_grid, self.config.embed_dim, gen.patch
