@@ -1,0 +1,13 @@
+"""Fused LGWA window-attention kernel (Triton) and its PyTorch custom op.
+
+``stsun.kernels.window_attention`` needs triton (the ``gpu`` or ``dev`` extra); importing this
+package does not, so CPU-only installs keep working on the reference path.
+"""
+from __future__ import annotations
+
+
+def window_attention(qkv, grid_hw, window_hw, num_heads, scale=None, out=None):
+    """The fused Triton kernel (see ``stsun.kernels.window_attention`` module docstring)."""
+    from .window_attention import window_attention as fused
+
+    return fused(qkv, grid_hw, window_hw, num_heads, scale, out)

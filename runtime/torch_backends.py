@@ -12,7 +12,7 @@ from stsun.profiles import Profile
 from .engine import BuildDir, Engine, EngineError
 
 
-def _checkpoint_model(build: BuildDir) -> STSUN:
+def checkpoint_model(build: BuildDir) -> STSUN:
     path = build.checkpoint
     want = build.report["checkpoint"]["sha256"]
     if not path.is_file() or file_sha256(path) != want:
@@ -34,7 +34,7 @@ class EagerEngine(Engine):
     def open(cls, build: BuildDir, precision: str = "fp32") -> "EagerEngine":
         if precision != "fp32":
             raise EngineError("the eager backend runs in fp32 only")
-        return cls(_checkpoint_model(build), build.profile, build.max_batch)
+        return cls(checkpoint_model(build), build.profile, build.max_batch)
 
     @torch.inference_mode()
     def _run(self, x: np.ndarray) -> np.ndarray:
@@ -54,7 +54,7 @@ class FoldedEngine(Engine):
     def open(cls, build: BuildDir, precision: str = "fp32") -> "FoldedEngine":
         if precision != "fp32":
             raise EngineError("the folded backend runs in fp32 only (use onnxruntime or tensorrt for fp16/int8)")
-        return cls(_checkpoint_model(build), build.profile, build.max_batch)
+        return cls(checkpoint_model(build), build.profile, build.max_batch)
 
     @torch.inference_mode()
     def _run(self, x: np.ndarray) -> np.ndarray:

@@ -1,0 +1,53 @@
+"""``triton`` backend: the same Engine interface against a running Triton Inference Server."""
+from __future__ import annotations
+
+import numpy as np
+
+from stsun.profiles import Profile
+
+from .engine import BuildDir, Engine, EngineError
+
+
+class TritonEngine(Engine):
+    backend = "triton"
+
+    def __init__(self, profile: Profile, max_batch: int, url: str = "127.0.0.1:8000", protocol: str = "http",
+                 model: str | None = None) -> None:
+        super().__init__(profile, max_batch)
+        try:
+            if protocol == "http":
+                import tritonclient.http as client
+            elif protocol == "grpc":
+                import tritonclient.grpc as client
+            else:
+                raise EngineError(f"protocol must be http or grpc, got {protocol}")
+            from tritonclient.utils import InferenceServerException
+        except ImportError:
+            raise EngineError("the triton backend needs tritonclient: pip install 'stsun[serve]'") from None
+        self._client_mod, self._error = client, InferenceServerException
+        self.client = client.InferenceServerClient(url=url)
+        self.model = model or profile.name
+        self.url, self.protocol = url, protocol
+        try:
+            ready = self.client.is_model_ready(self.model)
+        except Exception as err:  # connection refused and friends, across both protocols
+            raise EngineError(f"no Triton server reachable at {url} ({protocol}): {err}") from None
+        if not ready:
+            raise EngineError(f"model '{self.model}' is not ready on the Triton server at {url}")
+
+    @classmethod
+    def open(cls, build: BuildDir, precision: str = "fp32", **options) -> "TritonEngine":
+        return cls(build.profile, build.max_batch, **options)
+
+    @property
+    def device(self) -> str:
+        return f"triton {self.protocol}://{self.url}"
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        inp = self._client_mod.InferInput("x", list(x.shape), "FP32")
+        inp.set_data_from_numpy(x)
+        try:
+            result = self.client.infer(self.model, [inp], outputs=[self._client_mod.InferRequestedOutput("logits")])
+        except self._error as err:
+            raise EngineError(f"Triton server rejected the request: {err.message()}") from None
+        return result.as_numpy("logits")

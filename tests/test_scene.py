@@ -1,0 +1,134 @@
+import numpy as np
+import pytest
+
+from stsun import load_profile
+from stsun.export.builder import build
+from stsun.export.fidelity import predicted_classes
+from stsun.runtime import load_engine
+
+rasterio = pytest.importorskip("rasterio", reason="the geo extra (rasterio) is not installed")
+from stsun.runtime.scene import SceneError, SceneOptions, predict_scene  # noqa: E402
+from stsun.scenes import write_scene  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def scd_build(tmp_path_factory):
+    out = tmp_path_factory.mktemp("scene") / "build"
+    build(load_profile("sentinel2-scd"), out, precisions=("fp32",), max_batch=4, fidelity_tiles=1)
+    return out
+
+
+def read(path):
+    with rasterio.open(path) as src:
+        return src.read(), src.profile, src.descriptions
+
+
+def scaled_input(dates, profile):
+    arrays = []
+    for d in dates:
+        with rasterio.open(d) as src:
+            arrays.append(src.read().astype(np.float32) * profile.scaling.scale + profile.scaling.offset)
+    return np.stack(arrays)
+
+
+def test_single_tile_scene_equals_engine_and_keeps_georeference(scd_build, tmp_path):
+    engine = load_engine(scd_build, backend="onnxruntime")
+    files = write_scene(engine.profile, tmp_path / "in", size=256, seed=1)
+    out = predict_scene(engine, files["dates"], tmp_path / "pred.tif", SceneOptions(progress=False))
+    bands, prof, desc = read(out)
+    with rasterio.open(files["dates"][0]) as src:
+        assert prof["crs"] == src.crs and prof["transform"] == src.transform
+        assert (prof["width"], prof["height"]) == (src.width, src.height)
+    assert prof["nodata"] == 255 and bands.shape == (3, 256, 256)  # 2 class maps + 1 from-to band
+    assert desc == ("class_date1", "class_date2", "fromto_date1_to_date2")
+    direct = predicted_classes(engine(scaled_input(files["dates"], engine.profile)[None]))[0]
+    np.testing.assert_array_equal(bands[:2], direct)
+    c = engine.profile.c_out
+    expected_change = np.where(direct[1] != direct[0], 1 + direct[0] * c + direct[1], 0)
+    np.testing.assert_array_equal(bands[2], expected_change)
+
+
+def test_tiled_scene_has_no_seams(scd_build, tmp_path):
+    """Blended output agrees with each tile's own prediction in that tile's centre."""
+    engine = load_engine(scd_build, backend="onnxruntime")
+    files = write_scene(engine.profile, tmp_path / "in", size=600, seed=2)
+    out = predict_scene(engine, files["dates"], tmp_path / "pred.tif", SceneOptions(overlap=96, progress=False))
+    bands, _, _ = read(out)
+    x = scaled_input(files["dates"], engine.profile)
+    agree = []
+    for y0, x0 in [(0, 0), (160, 160), (344, 344), (0, 344)]:
+        direct = predicted_classes(engine(np.ascontiguousarray(x[None, :, :, y0:y0 + 256, x0:x0 + 256])))[0]
+        core = (slice(None), slice(y0 + 64, y0 + 192), slice(x0 + 64, x0 + 192))
+        agree.append((bands[:2][core] == direct[:, 64:192, 64:192]).mean())
+    assert min(agree) > 0.97, agree
+
+
+def test_nodata_stripes_become_nodata(scd_build, tmp_path):
+    engine = load_engine(scd_build, backend="onnxruntime")
+    files = write_scene(engine.profile, tmp_path / "in", size=300, seed=3, nodata_stripes=2)
+    bands, _, _ = read(predict_scene(engine, files["dates"], tmp_path / "p.tif", SceneOptions(progress=False)))
+    labels = np.stack([read(f)[0][0] for f in files["labels"]])
+    nodata = (labels == 255).any(axis=0)
+    assert nodata.any()
+    assert (bands[:, nodata] == 255).all() and (bands[:, ~nodata] != 255).all()
+
+
+def test_bad_inputs_give_clear_errors_and_no_output(scd_build, tmp_path):
+    engine = load_engine(scd_build, backend="onnxruntime")
+    p = engine.profile
+    a = write_scene(p, tmp_path / "a", size=256, seed=4)["dates"]
+    b = write_scene(p, tmp_path / "b", size=300, seed=4)["dates"]
+    shifted = write_scene(p, tmp_path / "c", size=256, seed=4, crs="EPSG:32632")["dates"]
+    rgb = write_scene(load_profile("whu-ss").model_copy(update={"tile_size": 256}), tmp_path / "d", size=256)["dates"]
+    out = tmp_path / "out.tif"
+    cases = [([a[0], b[1]], "does not share the first date's grid"),
+             ([a[0], shifted[1]], "does not share the first date's grid"),
+             ([a[0], rgb[0]], "has 3 bands, profile expects 10"),
+             ([a[0]], "needs 2 dates"),
+             ([a[0], tmp_path / "missing.tif"], "input not found")]
+    for dates, message in cases:
+        with pytest.raises(SceneError, match=message):
+            predict_scene(engine, dates, out, SceneOptions(progress=False))
+        assert not out.exists() and not list(tmp_path.glob(".out.tif*"))
+    # --align reprojects instead of refusing
+    predict_scene(engine, [a[0], shifted[1]], out, SceneOptions(align=True, progress=False))
+    assert out.exists()
+
+
+def test_interrupted_run_leaves_no_file(scd_build, tmp_path):
+    engine = load_engine(scd_build, backend="onnxruntime")
+    files = write_scene(engine.profile, tmp_path / "in", size=700, seed=5)
+    calls = {"n": 0}
+    real = engine._run
+
+    def failing(x):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("injected failure mid-scene")
+        return real(x)
+
+    engine._run = failing
+    out = tmp_path / "pred.tif"
+    with pytest.raises(RuntimeError, match="injected"):
+        predict_scene(engine, files["dates"], out, SceneOptions(overlap=0, progress=False))
+    assert not out.exists() and not list(tmp_path.glob(".pred.tif*"))
+
+
+def test_every_ci_backend_gives_the_same_map(scd_build, tmp_path):
+    files = write_scene(load_profile("sentinel2-scd"), tmp_path / "in", size=320, seed=6)
+    maps = {}
+    for backend in ("eager", "folded", "onnxruntime"):
+        engine = load_engine(scd_build, backend=backend)
+        maps[backend] = read(predict_scene(engine, files["dates"], tmp_path / f"{backend}.tif",
+                                           SceneOptions(progress=False)))[0]
+    for backend in ("folded", "onnxruntime"):
+        assert (maps[backend] == maps["eager"]).mean() > 0.9999, backend
+
+
+def test_probabilities_output(scd_build, tmp_path):
+    engine = load_engine(scd_build, backend="onnxruntime")
+    files = write_scene(engine.profile, tmp_path / "in", size=256, seed=7)
+    predict_scene(engine, files["dates"], tmp_path / "p.tif", SceneOptions(probabilities=True, progress=False))
+    probs, prof, _ = read(tmp_path / "p.probs.tif")
+    assert probs.shape == (2 * 6, 256, 256) and prof["dtype"] == "float32"
+    np.testing.assert_allclose(probs.reshape(2, 6, 256, 256).sum(axis=1), 1.0, atol=1e-4)

@@ -1,0 +1,116 @@
+"""A real Triton Inference Server (nvidia-pytriton's binary) serving a built repository."""
+import socket
+import threading
+
+import numpy as np
+import pytest
+
+from stsun import load_profile
+from stsun.export.builder import build
+from stsun.runtime import EngineError, load_engine
+from stsun.runtime.server import TritonServer, tritonserver_available
+from stsun.runtime.triton_repo import write_triton_repo
+from stsun.synthetic import synthetic_tiles
+
+pytestmark = pytest.mark.skipif(tritonserver_available() is not None,
+                                reason=f"no Triton server here: {tritonserver_available()}")
+
+
+def free_ports(n):
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def port_open(port):
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    root = tmp_path_factory.mktemp("serve")
+    build(load_profile("sentinel2-scd"), root / "build", precisions=("fp32",), max_batch=8, fidelity_tiles=1)
+    names = write_triton_repo(root / "build", root / "repo")
+    assert names == ["sentinel2-scd", "sentinel2-scd-onnx"]  # no TensorRT engine here, so no -trt model
+    http, grpc, metrics = free_ports(3)
+    server = TritonServer(root / "repo", http, grpc, metrics, log=root / "server.log")
+    with server:
+        yield root / "build", server
+    assert server.proc.poll() is not None, "server process still running"
+    assert not any(port_open(p) for p in (http, grpc, metrics)), "server ports still open"
+
+
+def test_http_and_grpc_match_local_onnxruntime(served):
+    build_dir, server = served
+    local = load_engine(build_dir, backend="onnxruntime")
+    x, _ = synthetic_tiles(local.profile, 3, seed=11)
+    want = local(x)
+    for protocol, url in (("http", server.http_url), ("grpc", server.grpc_url)):
+        remote = load_engine(build_dir, backend="triton", url=url, protocol=protocol)
+        np.testing.assert_allclose(remote(x), want, rtol=0, atol=1e-5)
+
+
+def test_concurrent_clients_are_batched(served):
+    import tritonclient.http as httpclient
+
+    build_dir, server = served
+    x, _ = synthetic_tiles(load_profile("sentinel2-scd"), 1, seed=12)
+    stats = httpclient.InferenceServerClient(server.http_url)
+    before = stats.get_inference_statistics("sentinel2-scd")["model_stats"][0]
+    errors, done = [], []
+
+    def client():
+        engine = load_engine(build_dir, backend="triton", url=server.http_url)
+        for _ in range(25):
+            try:
+                assert engine(x).shape == (1, 2, 6, 256, 256)
+                done.append(1)
+            except Exception as err:  # collected, asserted below
+                errors.append(err)
+
+    threads = [threading.Thread(target=client) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not errors and len(done) == 200
+    after = stats.get_inference_statistics("sentinel2-scd")["model_stats"][0]
+    inferences = after["inference_count"] - before["inference_count"]
+    executions = after["execution_count"] - before["execution_count"]
+    assert inferences == 200 and executions < inferences, (inferences, executions)
+
+
+def test_bad_requests_get_clear_errors_and_server_keeps_serving(served):
+    import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
+
+    build_dir, server = served
+    client = httpclient.InferenceServerClient(server.http_url)
+    good, _ = synthetic_tiles(load_profile("sentinel2-scd"), 1, seed=13)
+
+    def infer(array, dtype="FP32", model="sentinel2-scd"):
+        inp = httpclient.InferInput("x", list(array.shape), dtype)
+        inp.set_data_from_numpy(array)
+        return client.infer(model, [inp])
+
+    nan = good.copy()
+    nan[0, 0, 0, 0, 0] = np.nan
+    cases = [(good[:, :, :, :128], "FP32", "sentinel2-scd", "unexpected shape"),
+             (good.astype(np.float64), "FP64", "sentinel2-scd", "FP64"),
+             (good[:, :, :9], "FP32", "sentinel2-scd", "unexpected shape"),
+             (nan, "FP32", "sentinel2-scd", "NaN or infinite"),
+             (good / 1e-4, "FP32", "sentinel2-scd", r"out of range: profile 'sentinel2-scd' expects scaled values"),
+             (good, "FP32", "no-such-model", "no-such-model")]
+    for array, dtype, model, message in cases:
+        with pytest.raises(InferenceServerException, match=message):
+            infer(array, dtype, model)
+        assert client.is_server_live() and client.is_model_ready("sentinel2-scd")
+    assert infer(good).as_numpy("logits").shape == (1, 2, 6, 256, 256)
+    # the triton backend turns a rejection into an EngineError too
+    with pytest.raises(EngineError, match="not ready"):
+        load_engine(build_dir, backend="triton", url=server.http_url, model="no-such-model")
