@@ -21,16 +21,18 @@ import typer
 from rich.console import Console
 from torch.utils.flop_counter import FlopCounterMode
 
-from stsun.checkpoint import atomic_write
+from stsun.atomic import atomic_write
 from stsun.export.builder import build
 from stsun.export.fidelity import predicted_classes
+from stsun.export.tensorrt_build import tensorrt_unavailable_reason
 from stsun.profiles import load_profile
 from stsun.runtime import EagerEngine, EngineError, load_engine
 from stsun.synthetic import synthetic_tiles
 
 console = Console(stderr=True)
 # backend name -> (runtime backend, artifact precision)
-RUNTIME_BACKENDS = {"eager": ("eager", "fp32"), "folded": ("folded", "fp32"), "onnxruntime": ("onnxruntime", "fp32"),
+RUNTIME_BACKENDS = {"eager": ("eager", "fp32"), "folded": ("folded", "fp32"), "compiled": ("compiled", "fp32"),
+                    "triton": ("triton", "fp32"), "onnxruntime": ("onnxruntime", "fp32"),
                     "onnxruntime-fp16": ("onnxruntime", "fp16"), "onnxruntime-int8": ("onnxruntime", "int8"),
                     "tensorrt": ("tensorrt", "fp16"), "tensorrt-int8": ("tensorrt", "int8")}
 
@@ -56,7 +58,7 @@ def matmul_peak_gflops(n: int = 2048, reps: int = 10) -> float:
     return 2 * n ** 3 * reps / (time.perf_counter() - start) / 1e9
 
 
-def make_runner(name: str, build_dir: Path) -> Callable[[np.ndarray], np.ndarray]:
+def make_runner(name: str, build_dir: Path, triton_url: str | None = None) -> Callable[[np.ndarray], np.ndarray]:
     if name == "torch-compile":
         engine = load_engine(build_dir, backend="eager")
         compiled = torch.compile(engine.model)
@@ -69,26 +71,34 @@ def make_runner(name: str, build_dir: Path) -> Callable[[np.ndarray], np.ndarray
     if name not in RUNTIME_BACKENDS:
         raise EngineError(f"unknown benchmark backend '{name}'")
     backend, precision = RUNTIME_BACKENDS[name]
+    if backend == "tensorrt" and (reason := tensorrt_unavailable_reason()):
+        raise EngineError(reason)
+    if backend == "triton":
+        if not triton_url:
+            raise EngineError("needs a running server: start `stsun serve` and pass --triton-url 127.0.0.1:8000")
+        return load_engine(build_dir, backend="triton", url=triton_url)
     return load_engine(build_dir, backend=backend, precision=precision)
 
 
 def main(
     profile: Annotated[str, typer.Option()] = "sentinel2-scd",
     size: Annotated[str, typer.Option()] = "tiny",
-    backends: Annotated[str, typer.Option()] = "eager,torch-compile,folded,onnxruntime,onnxruntime-fp16,onnxruntime-int8,tensorrt",
+    backends: Annotated[str, typer.Option()] = ("eager,torch-compile,folded,compiled,onnxruntime,onnxruntime-fp16,"
+                                                "onnxruntime-int8,tensorrt,triton"),
     batch: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "1,4",
     rounds: Annotated[int, typer.Option(min=1)] = 10,
     warmup: Annotated[int, typer.Option(min=1)] = 2,
     build_dir: Annotated[Path | None, typer.Option(help="Reuse this build directory.")] = None,
     out: Annotated[Path, typer.Option()] = Path("benchmarks/results/cpu.json"),
-    quick: Annotated[bool, typer.Option(help="Smoke test: 2 rounds, batch 1, no torch.compile.")] = False,
+    quick: Annotated[bool, typer.Option(help="Smoke test: 2 rounds, first batch size, no torch.compile.")] = False,
+    triton_url: Annotated[str | None, typer.Option(help="Benchmark the triton backend against this server.")] = None,
 ) -> None:
     prof = load_profile(profile)
     names = [b.strip() for b in backends.split(",") if b.strip()]
     batches = [int(b) for b in batch.split(",")]
     if quick:
         rounds, warmup, batches = 2, 1, batches[:1]
-        names = [n for n in names if n != "torch-compile"]
+        names = [n for n in names if n not in ("torch-compile", "compiled")]
     bdir = build_dir or Path("build") / f"bench-{prof.name}-{size}"
     if not (bdir / "build_report.json").is_file():
         build(prof, bdir, size=size, precisions=("fp32", "fp16", "int8"), max_batch=max(batches), console=console)
@@ -108,17 +118,19 @@ def main(
     runners, skipped = {}, []
     for name in names:
         try:
-            peak_rss_reset()
-            runners[name] = make_runner(name, bdir)
+            runners[name] = make_runner(name, bdir, triton_url)
         except (EngineError, RuntimeError, ImportError) as err:
             skipped.append({"backend": name, "reason": str(err).splitlines()[0]})
             console.print(f"  skip {name}: {skipped[-1]['reason']}")
-    agreement, mem = {}, {}
-    for name, run in runners.items():  # warm-up, fidelity on the shared tiles, peak memory
+    agreement, mem, added = {}, {}, {}
+    for name, run in runners.items():  # warm-up at every batch size, fidelity, peak memory
         peak_rss_reset()
+        before = peak_rss_mb()
         for _ in range(warmup):
-            y = run(x_all[: max(batches)])
+            for b in batches:
+                y = run(x_all[:b])
         mem[name] = peak_rss_mb()
+        added[name] = mem[name] - before
         agreement[name] = float((predicted_classes(y) == ref_pred).mean())
     times: dict[tuple[str, int], list[float]] = {(n, b): [] for n in runners for b in batches}
     for _ in range(rounds):
@@ -137,7 +149,7 @@ def main(
         records.append({
             "backend": name, "precision": precision, "batch": b, "throughput": thr, "km2_per_s": thr * km2_per_tile,
             "latency_ms": {q: float(np.percentile(t, int(q[1:])) * 1000) for q in ("p50", "p90", "p99")},
-            "peak_mem_mb": mem[name], "argmax_agreement": agreement[name],
+            "peak_mem_mb": mem[name], "peak_mem_added_mb": added[name], "argmax_agreement": agreement[name],
             "build_argmax_agreement": fidelity.get(("onnx" if backend == "onnxruntime" else backend, precision)),
             "flops_per_tile": flops_per_tile, "achieved_gflops": thr * flops_per_tile / 1e9,
             "fraction_of_matmul_peak": thr * flops_per_tile / 1e9 / peak, "device": device, "rounds": rounds,
@@ -158,13 +170,16 @@ def markdown(result: dict) -> str:
     m = result["machine"]
     lines = [f"`{result['profile']}` `{result['size']}` on {m['device']} (fp32 matmul peak {m['matmul_peak_gflops']:.0f} GFLOP/s), "
              f"torch {m['torch']}; ratios are against eager PyTorch measured in the same run.", "",
-             "| backend | batch | tiles/s | x eager | p50 ms | p90 ms | p99 ms | km²/s | GFLOP/s | % peak | peak RSS MB | argmax agreement |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "Peak RSS is the whole process while that backend ran (backends loaded earlier stay resident); "
+             "'+RSS' is what running it added on top.", "",
+             "| backend | batch | tiles/s | x eager | p50 ms | p90 ms | p99 ms | km²/s | GFLOP/s | % peak | peak RSS MB | +RSS MB | argmax agreement |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(result["records"], key=lambda r: (r["batch"], r["backend"])):
         lat = r["latency_ms"]
         lines.append(f"| {r['backend']} | {r['batch']} | {r['throughput']:.2f} | {r['speedup_vs_eager']:.2f} | "
                      f"{lat['p50']:.1f} | {lat['p90']:.1f} | {lat['p99']:.1f} | {r['km2_per_s']:.1f} | "
                      f"{r['achieved_gflops']:.0f} | {100 * r['fraction_of_matmul_peak']:.0f} | {r['peak_mem_mb']:.0f} | "
+                     f"{r['peak_mem_added_mb']:.0f} | "
                      f"{r['argmax_agreement']:.4f} |")
     for s in result["skipped"]:
         lines.append(f"\nNot run: **{s['backend']}**: {s['reason']}")

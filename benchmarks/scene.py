@@ -1,9 +1,11 @@
 """Whole-scene throughput and peak memory of `stsun predict`, at two scene sizes.
 
-python benchmarks/scene.py --sizes 4096,8192 --backend onnxruntime
+python benchmarks/scene.py --sizes 8192x2048,8192x8192 --backend onnxruntime
 
-Each size runs in a fresh worker process so its peak resident memory is its own. Throughput
-is extrapolated to a Sentinel-2 tile (10980 x 10980 px at 10 m).
+Each size runs in a fresh worker process so its peak resident memory is its own. The default
+sizes share a width and differ 4x in height: peak memory must not grow with the height (it
+grows with the width, which sets the strip). Throughput is extrapolated to a Sentinel-2 tile
+(10980 x 10980 px at 10 m).
 """
 from __future__ import annotations
 
@@ -34,7 +36,7 @@ def worker(build_dir: Path, scene_dir: Path, backend: str, out: Path) -> dict:
 
 
 def main(
-    sizes: Annotated[str, typer.Option(help="Comma-separated scene sizes (pixels per side).")] = "4096,8192",
+    sizes: Annotated[str, typer.Option(help="Comma-separated scene sizes WIDTHxHEIGHT (or one number: square).")] = "8192x2048,8192x8192",
     backend: Annotated[str, typer.Option()] = "onnxruntime",
     profile: Annotated[str, typer.Option()] = "sentinel2-scd",
     build_dir: Annotated[Path | None, typer.Option()] = None,
@@ -42,7 +44,7 @@ def main(
     out: Annotated[Path, typer.Option()] = Path("benchmarks/results/scene_cpu.json"),
     worker_scene: Annotated[Path | None, typer.Option(hidden=True)] = None,
 ) -> None:
-    from stsun.checkpoint import atomic_write
+    from stsun.atomic import atomic_write
     from stsun.export.builder import build
     from stsun.profiles import load_profile
     from stsun.scenes import write_scene
@@ -55,19 +57,20 @@ def main(
     if not (bdir / "build_report.json").is_file():
         build(prof, bdir, size="tiny", precisions=("fp32", "fp16", "int8"), max_batch=4)
     records = []
-    for size in (int(s) for s in sizes.split(",")):
-        scene = work / f"{prof.name}-{size}"
+    for spec in sizes.split(","):
+        width, height = (int(v) for v in (spec.split("x") if "x" in spec else (spec, spec)))
+        scene = work / f"{prof.name}-{width}x{height}"
         if not (scene / "date1.tif").is_file():
-            write_scene(prof, scene, size=size, seed=size)
+            write_scene(prof, scene, size=width, height=height, seed=width + height)
         res = subprocess.run([sys.executable, __file__, "--profile", profile, "--backend", backend,
                               "--build-dir", str(bdir), "--worker-scene", str(scene)],
                              capture_output=True, text=True, check=True)
         r = json.loads(res.stdout.strip().splitlines()[-1])
-        km2 = (size * prof.gsd_m / 1000) ** 2
-        r.update(size_px=size, km2=km2, km2_per_s=km2 / r["seconds"],
+        km2 = width * height * (prof.gsd_m / 1000) ** 2
+        r.update(width_px=width, height_px=height, km2=km2, km2_per_s=km2 / r["seconds"],
                  seconds_per_s2_scene=(S2_SCENE_PX * prof.gsd_m / 1000) ** 2 / (km2 / r["seconds"]))
         records.append(r)
-        print(f"{size} px: {r['seconds']:.1f} s, {r['km2_per_s']:.2f} km2/s, peak RSS {r['peak_rss_mb']:.0f} MB, "
+        print(f"{width} x {height} px: {r['seconds']:.1f} s, {r['km2_per_s']:.2f} km2/s, peak RSS {r['peak_rss_mb']:.0f} MB, "
               f"~{r['seconds_per_s2_scene']:.0f} s per Sentinel-2 scene")
     result = {"profile": prof.name, "backend": backend, "records": records}
     atomic_write(out, lambda tmp: tmp.write_text(json.dumps(result, indent=2) + "\n"))

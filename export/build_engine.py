@@ -21,11 +21,12 @@ def build_command(
     profile: Annotated[str, typer.Option(help="Built-in profile name or a profile .toml file.")],
     checkpoint: Annotated[Optional[Path], typer.Option(help="safetensors checkpoint (default: the demo checkpoint).")] = None,
     size: Annotated[Optional[str], typer.Option(help="Model size (default: the checkpoint's, else the profile's).")] = None,
-    precision: Annotated[str, typer.Option(help="Comma-separated: fp32, fp16, int8.")] = "fp32,fp16,int8",
+    precision: Annotated[str, typer.Option(help="Comma-separated: fp32, fp16, int8 (int8: onnxruntime CPU).")] = "fp32,fp16",
     max_batch: Annotated[int, typer.Option(min=1, help="Largest batch the engines take.")] = 8,
     out: Annotated[Optional[Path], typer.Option(help="Build directory (default: build/<profile>).")] = None,
     calibrate_bn: Annotated[bool, typer.Option(help="Recalibrate the task's BatchNorm statistics on generated tiles "
                                                     "of this profile (for a sensor the checkpoint never saw).")] = False,
+    cpp: Annotated[bool, typer.Option(help="Also write an AOTInductor package (model.fp32.pt2) for C++ services.")] = False,
 ) -> None:
     """Build deployable artifacts for one profile and check them against the eager model."""
     from stsun.export.builder import build
@@ -34,7 +35,7 @@ def build_command(
         prof = load_profile(profile)
         precisions = tuple(p.strip() for p in precision.split(",") if p.strip())
         report = build(prof, out or Path("build") / prof.name, checkpoint=checkpoint, size=size,
-                       precisions=precisions, max_batch=max_batch, calibrate_bn=calibrate_bn, console=console)
+                       precisions=precisions, max_batch=max_batch, calibrate_bn=calibrate_bn, cpp=cpp, console=console)
     except (ProfileError, CheckpointError, ValueError) as err:
         console.print(f"[bold red]error:[/] {err}", highlight=False)
         raise typer.Exit(2)

@@ -14,8 +14,8 @@ from rich.console import Console
 from rich.markup import escape
 
 import stsun
-from stsun.checkpoint import (DEMO_CHECKPOINT, atomic_write, file_sha256, load_model, resolve_checkpoint,
-                              save_checkpoint)
+from stsun.atomic import atomic_write
+from stsun.checkpoint import DEMO_CHECKPOINT, file_sha256, load_model, resolve_checkpoint, save_checkpoint
 from stsun.profiles import Profile
 from stsun.runtime import EagerEngine, FoldedEngine, OnnxRuntimeEngine
 from stsun.runtime.engine import REPORT_NAME
@@ -34,7 +34,8 @@ FIDELITY_SEED, CALIBRATION_SEED = 20260101, 7  # held-out tiles differ from cali
 
 def build(profile: Profile, out: Path, checkpoint: Path | None = None, size: str | None = None,
           precisions: tuple[str, ...] = PRECISIONS, max_batch: int = 8, fidelity_tiles: int = 4,
-          calibration_tiles: int = 16, calibrate_bn: bool = False, console: Console | None = None) -> dict:
+          calibration_tiles: int = 16, calibrate_bn: bool = False, cpp: bool = False,
+          console: Console | None = None) -> dict:
     console = console or Console(stderr=True)
     unknown = set(precisions) - set(PRECISIONS)
     if unknown:
@@ -102,7 +103,22 @@ def build(profile: Profile, out: Path, checkpoint: Path | None = None, size: str
         compat = check_tensorrt_compat(path).to_dict()
         record(f"onnx-{precision}", "onnx", precision, path, seconds, engine(x), tensorrt_compat=compat)
         if not compat["compatible"]:
-            console.print(f"  [red]TensorRT-incompatible:[/] {'; '.join(compat['problems'][:3])}")
+            console.print(f"  [yellow]not TensorRT-compatible:[/] {escape('; '.join(compat['problems'][:2]))}")
+
+    if cpp:  # AOTInductor package for C++ services (runtime/cpp)
+        from torch._inductor import aoti_load_package
+
+        from .aoti_export import export_aoti
+
+        t = time.perf_counter()
+        pt2 = export_aoti(fold(model, profile), profile, out / "model.fp32.pt2", max_batch,
+                          {"checkpoint_sha256": sha, "stsun_version": stsun.__version__})
+        seconds = time.perf_counter() - t
+        runner = aoti_load_package(str(pt2))
+        with torch.no_grad():
+            outputs = np.concatenate([runner(torch.from_numpy(x[i:i + max_batch])).numpy()
+                                      for i in range(0, len(x), max_batch)])
+        record("aoti-fp32", "aoti", "fp32", pt2, seconds, outputs)
 
     reason = tensorrt_unavailable_reason()
     report["tensorrt"] = {"built": reason is None, "reason": reason}
@@ -112,6 +128,10 @@ def build(profile: Profile, out: Path, checkpoint: Path | None = None, size: str
         from stsun.runtime import TensorRTEngine
 
         for precision in precisions:
+            compat = next(a["tensorrt_compat"] for a in report["artifacts"] if a["name"] == f"onnx-{precision}")
+            if not compat["compatible"]:
+                report["tensorrt"].setdefault("skipped", {})[precision] = "; ".join(compat["problems"][:2])
+                continue
             plan = out / f"model.{precision}.plan"
             info = build_engine(onnx_paths[precision], plan, profile, precision, max_batch, out / "timing.cache")
             engine = TensorRTEngine(plan, profile, max_batch)

@@ -10,7 +10,7 @@ import json
 import time
 from pathlib import Path
 
-from stsun.checkpoint import atomic_write
+from stsun.atomic import atomic_write
 from stsun.profiles import Profile
 
 WORKSPACE_BYTES = 4 << 30

@@ -1,7 +1,7 @@
 """Whole-scene GeoTIFF inference: tiled, blended, streamed, georeferenced.
 
 Memory is bounded by one strip of tiles (tile height x scene width), whatever the scene's
-height: input is read a strip at a time with windowed reads, logits are blended into a
+height (it grows with the width only): input is read a strip at a time with windowed reads, logits are blended into a
 rolling accumulator, and finished rows are written as soon as no later tile touches them.
 
 Output bands by task (uint8, or uint16 when a from-to code needs it; nodata 255 / 65535):
@@ -13,14 +13,13 @@ Output bands by task (uint8, or uint16 when a from-to code needs it; nodata 255 
 from __future__ import annotations
 
 import contextlib
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
+from stsun.atomic import atomic_path, atomic_write
 from stsun.export.fidelity import predicted_classes
 
 from .engine import Engine
@@ -96,19 +95,6 @@ def probabilities(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-@contextlib.contextmanager
-def atomic_path(path: Path):
-    """A temporary path beside ``path`` that is renamed onto it only if the block succeeds."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp.tif")
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
 def open_dates(paths: list[Path], engine: Engine, options: SceneOptions, stack: contextlib.ExitStack):
     """Open every date, check it against the profile and the first date, return readers."""
     import rasterio
@@ -155,18 +141,23 @@ def predict_scene(engine: Engine, dates: list[str | Path], out: str | Path, opti
     with contextlib.ExitStack() as stack:
         readers = open_dates([Path(d) for d in dates], engine, options, stack)
         ref = readers[0][0]
+        # GDAL's block cache defaults to 5% of RAM. A strip spans two block rows, so three
+        # block rows of every date avoid decompressing blocks twice, whatever the height.
+        block_row = sum(src.width * src.block_shapes[0][0] * src.count * np.dtype(src.dtypes[0]).itemsize
+                        for src, _ in readers)
+        stack.enter_context(rasterio.Env(GDAL_CACHEMAX=max(64, 3 * block_row >> 20)))  # MB
         height, width = ref.shape
         rows, cols = tile_starts(height, tile, stride), tile_starts(width, tile, stride)
         pad_h, pad_w = max(0, tile - height), max(0, tile - width)  # scenes smaller than a tile
         meta = {"driver": "GTiff", "width": width, "height": height, "count": count, "dtype": dtype,
                 "nodata": nodata, "crs": ref.crs, "transform": ref.transform, "tiled": True,
                 "blockxsize": 256, "blockysize": 256, "compress": "deflate"}
-        tmp = stack.enter_context(atomic_path(out))
+        tmp = stack.enter_context(atomic_path(out, suffix='.tmp.tif'))
         dst = stack.enter_context(rasterio.open(tmp, "w", **meta))
         probs_dst = None
         if options.probabilities:
             probs_path = out.with_suffix(".probs.tif")
-            ptmp = stack.enter_context(atomic_path(probs_path))
+            ptmp = stack.enter_context(atomic_path(probs_path, suffix='.tmp.tif'))
             probs_dst = stack.enter_context(rasterio.open(
                 ptmp, "w", **{**meta, "count": p.t_out * p.c_out, "dtype": "float32", "nodata": np.nan}))
         bar = tqdm(total=len(rows) * len(cols), desc=f"{p.name} tiles", unit="tile", disable=not options.progress)
@@ -244,3 +235,57 @@ def write_rows(dst, probs_dst, acc: np.ndarray, wsum: np.ndarray, valid: np.ndar
         probs = probabilities(logits).reshape(-1, *logits.shape[-2:])
         probs[:, ~valid] = np.nan
         probs_dst.write(probs.astype(np.float32), window=window)
+
+
+RGB_BANDS = (("B4", "B3", "B2"), ("red", "green", "blue"))
+
+
+def preview(dates: list[str | Path], prediction: str | Path, path: str | Path, profile, max_px: int = 1024) -> Path:
+    """A PNG overview: each date's RGB (when the profile has red/green/blue bands), the
+    predicted maps and, for SCD, the from-to change. Reads are decimated to ``max_px``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import rasterio
+    from matplotlib.colors import ListedColormap
+
+    with rasterio.open(prediction) as src:
+        scale = max(1, -(-max(src.shape) // max_px))
+        shape = (src.height // scale, src.width // scale)
+        bands = src.read(out_shape=(src.count, *shape), resampling=rasterio.enums.Resampling.nearest)
+        nodata = src.nodata
+    panels = []
+    rgb_names = next((n for n in RGB_BANDS if set(n) <= set(profile.band_names)), None)
+    for t, d in enumerate(dates):
+        if rgb_names:
+            with rasterio.open(d) as src:
+                order = band_order(src.descriptions, profile.band_names, str(d))
+                idx = [order[profile.band_names.index(b)] + 1 for b in rgb_names]
+                rgb = src.read(idx, out_shape=(3, *shape)).astype(np.float32) * profile.scaling.scale + profile.scaling.offset
+            panels.append((f"date {t + 1}: RGB", np.clip(rgb.transpose(1, 2, 0) * 3.5, 0, 1), None))
+    n_maps = profile.t_out
+    classes_cmap = ListedColormap([np.array(c) / 255 for c in PALETTE[:max(profile.c_out, 2)]])
+    for b in range(n_maps):
+        title = band_name(profile, b).replace("_", " ")
+        cmap = ListedColormap(["black", "#e61e1e"]) if profile.task == "bcd" else classes_cmap
+        panels.append((title, np.ma.masked_equal(bands[b], nodata), cmap))
+    if profile.task == "scd":
+        for b in range(n_maps, len(bands)):
+            changed = np.ma.masked_where(bands[b] == nodata, (bands[b] > 0).astype(np.uint8))
+            panels.append((band_name(profile, b).replace("_", " ") + " (changed)", changed,
+                           ListedColormap(["black", "#e61e1e"])))
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.6))
+    for ax, (title, img, cmap) in zip(np.atleast_1d(axes), panels):
+        kwargs = {} if cmap is None else {"cmap": cmap, "vmin": 0, "vmax": cmap.N - 1, "interpolation": "nearest"}
+        ax.imshow(img, **kwargs)
+        ax.set_title(title, fontsize=9)
+        ax.axis("off")
+    if profile.task != "bcd":
+        handles = [plt.Rectangle((0, 0), 1, 1, color=classes_cmap(i)) for i in range(profile.c_out)]
+        fig.legend(handles, profile.classes, loc="lower center", ncol=min(6, profile.c_out), frameon=False, fontsize=8)
+    fig.tight_layout(rect=(0, 0.08, 1, 0.97))
+    path = Path(path)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=80))
+    plt.close(fig)
+    return path

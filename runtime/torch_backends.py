@@ -20,7 +20,18 @@ def checkpoint_model(build: BuildDir) -> STSUN:
     return load_checkpoint(path)[0]
 
 
-class EagerEngine(Engine):
+class Fp32TorchEngine(Engine):
+    """A PyTorch backend built from the build's checkpoint, in fp32 only."""
+
+    @classmethod
+    def open(cls, build: BuildDir, precision: str = "fp32") -> "Fp32TorchEngine":
+        if precision != "fp32":
+            raise EngineError(f"the {cls.backend} backend runs in fp32 only "
+                              "(use onnxruntime, compiled or tensorrt for fp16/int8)")
+        return cls(checkpoint_model(build), build.profile, build.max_batch)
+
+
+class EagerEngine(Fp32TorchEngine):
     """The dynamic model as the research code runs it: every call evaluates the DUMs."""
 
     backend = "eager"
@@ -30,18 +41,12 @@ class EagerEngine(Engine):
         self.model = model.eval()
         self.meta = Metadata.from_profile(profile)
 
-    @classmethod
-    def open(cls, build: BuildDir, precision: str = "fp32") -> "EagerEngine":
-        if precision != "fp32":
-            raise EngineError("the eager backend runs in fp32 only")
-        return cls(checkpoint_model(build), build.profile, build.max_batch)
-
     @torch.inference_mode()
     def _run(self, x: np.ndarray) -> np.ndarray:
         return self.model(torch.from_numpy(x), self.meta).numpy()
 
 
-class FoldedEngine(Engine):
+class FoldedEngine(Fp32TorchEngine):
     """The folded static model in PyTorch (no hypernetwork at run time)."""
 
     backend = "folded"
@@ -49,12 +54,6 @@ class FoldedEngine(Engine):
     def __init__(self, model: STSUN, profile: Profile, max_batch: int | None = None) -> None:
         super().__init__(profile, max_batch)
         self.module = fold(model.eval(), profile)
-
-    @classmethod
-    def open(cls, build: BuildDir, precision: str = "fp32") -> "FoldedEngine":
-        if precision != "fp32":
-            raise EngineError("the folded backend runs in fp32 only (use onnxruntime or tensorrt for fp16/int8)")
-        return cls(checkpoint_model(build), build.profile, build.max_batch)
 
     @torch.inference_mode()
     def _run(self, x: np.ndarray) -> np.ndarray:

@@ -3,22 +3,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from stsun.atomic import atomic_write
 from stsun.model import STSUN, ModelConfig, model_config
 
 # The trained demo checkpoint, once committed, lives here and is the default everywhere.
 DEMO_CHECKPOINT = Path(__file__).with_name("weights") / "stsun-tiny-demo.safetensors"
-
-
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 
 class CheckpointError(ValueError):
@@ -27,20 +22,6 @@ class CheckpointError(ValueError):
 
 def config_path(weights: Path) -> Path:
     return weights.with_suffix(".json")
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename, so a failure never leaves a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file normal permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_checkpoint(model: STSUN, path: str | Path, extra: dict | None = None) -> Path:

@@ -83,7 +83,8 @@ def evaluate(
     figure: Annotated[Optional[Path], typer.Option(help="Write a prediction-vs-label PNG here (needs matplotlib).")] = None,
 ) -> None:
     """F1 / IoU / OA per task and profile on held-out synthetic scenes, with trivial baselines."""
-    from stsun.checkpoint import CheckpointError, atomic_write, load_model
+    from stsun.atomic import atomic_write
+    from stsun.checkpoint import CheckpointError, load_model
     from stsun.evaluate import demo_figure, evaluate as run_eval, markdown_table
 
     try:
@@ -112,10 +113,11 @@ def predict(
     align: Annotated[bool, typer.Option(help="Reproject later dates onto the first date's grid.")] = False,
     dn_offset: Annotated[float, typer.Option(help="Added to raw values before scaling (Sentinel-2 baseline >= 04.00: -1000).")] = 0.0,
     probabilities: Annotated[bool, typer.Option(help="Also write OUTPUT.probs.tif (float32).")] = False,
+    preview: Annotated[Optional[Path], typer.Option(help="Also write a PNG overview of inputs and maps.")] = None,
 ) -> None:
     """Whole-scene inference: tiled, blended and streamed into a georeferenced GeoTIFF."""
     from stsun.runtime import EngineError, load_engine
-    from stsun.runtime.scene import SceneError, SceneOptions, predict_scene
+    from stsun.runtime.scene import SceneError, SceneOptions, predict_scene, preview as write_preview
 
     try:
         engine = load_engine(engine_dir, backend=backend, precision=precision)
@@ -123,6 +125,8 @@ def predict(
             fail(f"{engine_dir} was built for profile '{engine.profile.name}', not '{profile}'")
         predict_scene(engine, list(dates), output, SceneOptions(overlap=overlap, align=align, dn_offset=dn_offset,
                                                                 probabilities=probabilities))
+        if preview:
+            write_preview(list(dates), output, preview, engine.profile)
     except (EngineError, SceneError, ProfileError) as err:
         fail(str(err))
     console.print(f"wrote {output}")

@@ -7,11 +7,11 @@ that scene-level tools can be tested exactly as they would run on real products.
 from __future__ import annotations
 
 import contextlib
-import os
 from pathlib import Path
 
 import numpy as np
 
+from stsun.atomic import atomic_path
 from stsun.profiles import Profile
 from stsun.synthetic import synthetic_tiles
 
@@ -28,9 +28,10 @@ def reflectance_to_dn(x: np.ndarray, profile: Profile, nodata: int) -> np.ndarra
 
 def write_scene(profile: Profile, out_dir: str | Path, size: int, seed: int = 0, crs: str = DEFAULT_CRS,
                 origin: tuple[float, float] = DEFAULT_ORIGIN, nodata_stripes: int = 0,
-                cloud_cover: float = 0.0, block: int = 1024) -> dict[str, list[Path]]:
+                cloud_cover: float = 0.0, block: int = 1024, height: int | None = None) -> dict[str, list[Path]]:
     """Write ``date{t}.tif`` (uint16 DN, one band per profile band, described by name) and
-    ``labels_date{t}.tif`` (uint8 class index, 255 = nodata) for a ``size`` x ``size`` scene.
+    ``labels_date{t}.tif`` (uint8 class index, 255 = nodata) for a scene ``size`` pixels wide
+    and ``height`` (default ``size``) high.
 
     The scene is generated and written in independent ``block`` x ``block`` pieces, so memory
     stays bounded for scenes of any size (pieces do not continue each other's land cover)."""
@@ -41,7 +42,8 @@ def write_scene(profile: Profile, out_dir: str | Path, size: int, seed: int = 0,
     out_dir = Path(out_dir)
     transform = from_origin(origin[0], origin[1], profile.gsd_m, profile.gsd_m)
     nodata = int(profile.nodata) if profile.nodata is not None else 0
-    common = {"driver": "GTiff", "width": size, "height": size, "crs": crs, "transform": transform,
+    height = height or size
+    common = {"driver": "GTiff", "width": size, "height": height, "crs": crs, "transform": transform,
               "tiled": True, "blockxsize": 256, "blockysize": 256, "compress": "deflate"}
     paths = {"dates": [out_dir / f"date{t + 1}.tif" for t in range(profile.t_in)],
              "labels": [out_dir / f"labels_date{t + 1}.tif" for t in range(profile.t_in)]}
@@ -52,8 +54,8 @@ def write_scene(profile: Profile, out_dir: str | Path, size: int, seed: int = 0,
                                                         nodata=nodata, **common)) for tmp in tmps[:profile.t_in]]
             labels = [stack.enter_context(rasterio.open(tmp, "w", count=1, dtype="uint8", nodata=255, **common))
                       for tmp in tmps[profile.t_in:]]
-            for k, (r, c) in enumerate((r, c) for r in range(0, size, block) for c in range(0, size, block)):
-                h, w = min(block, size - r), min(block, size - c)
+            for k, (r, c) in enumerate((r, c) for r in range(0, height, block) for c in range(0, size, block)):
+                h, w = min(block, height - r), min(block, size - c)
                 piece = profile.model_copy(update={"tile_size": max(h, w)})
                 x, lab = synthetic_tiles(piece, 1, seed=seed * 100003 + k, nodata_stripes=nodata_stripes,
                                          cloud_cover=cloud_cover)
@@ -68,19 +70,6 @@ def write_scene(profile: Profile, out_dir: str | Path, size: int, seed: int = 0,
             for dst in labels:
                 dst.update_tags(classes=",".join(profile.classes))
 
-    atomic_write_many(paths["dates"] + paths["labels"], write_all)
+    with contextlib.ExitStack() as stack:  # every file appears only if all were written
+        write_all([stack.enter_context(atomic_path(p, suffix=".tmp.tif")) for p in paths["dates"] + paths["labels"]])
     return paths
-
-
-def atomic_write_many(paths: list[Path], write) -> None:
-    """``write(tmp_paths)``, then rename each onto its path; on failure nothing is left."""
-    tmps = [p.with_name(f".{p.name}.tmp") for p in paths]
-    for p in paths:
-        p.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        write(tmps)
-        for tmp, p in zip(tmps, paths):
-            os.replace(tmp, p)
-    finally:
-        for tmp in tmps:
-            tmp.unlink(missing_ok=True)

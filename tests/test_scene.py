@@ -132,3 +132,19 @@ def test_probabilities_output(scd_build, tmp_path):
     probs, prof, _ = read(tmp_path / "p.probs.tif")
     assert probs.shape == (2 * 6, 256, 256) and prof["dtype"] == "float32"
     np.testing.assert_allclose(probs.reshape(2, 6, 256, 256).sum(axis=1), 1.0, atol=1e-4)
+
+
+def test_cli_predict_with_preview(scd_build, tmp_path):
+    from typer.testing import CliRunner
+
+    from stsun.cli import app
+
+    files = write_scene(load_profile("sentinel2-scd"), tmp_path / "in", size=300, seed=8)
+    out, png = tmp_path / "pred.tif", tmp_path / "preview.png"
+    args = ["predict", *map(str, files["dates"]), "-o", str(out), "--engine", str(scd_build),
+            "--profile", "sentinel2-scd", "--preview", str(png)]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert read(out)[0].shape == (3, 300, 300) and png.read_bytes()[:4] == b"\x89PNG"
+    res = CliRunner().invoke(app, [*args[:-4], "--profile", "landsat8-ss"])
+    assert res.exit_code == 2 and "built for profile 'sentinel2-scd', not 'landsat8-ss'" in " ".join(res.output.split())

@@ -1,0 +1,69 @@
+#include "stsun_engine.hpp"
+
+#include <torch/csrc/inductor/aoti_package/model_package_loader.h>
+#include <torch/torch.h>
+
+#include <sstream>
+
+namespace stsun {
+
+Engine::~Engine() = default;
+
+std::unique_ptr<Engine> Engine::open(const std::string& package_path, std::string* error) {
+  try {
+    std::unique_ptr<Engine> engine(new Engine());
+    engine->loader_ = std::make_unique<torch::inductor::AOTIModelPackageLoader>(package_path);
+    auto meta = engine->loader_->get_metadata();
+    auto need = [&](const char* key) -> std::string {
+      auto it = meta.find(key);
+      if (it == meta.end()) throw std::runtime_error(std::string("package has no '") + key + "' metadata: not built by stsun");
+      return it->second;
+    };
+    Profile& p = engine->profile_;
+    p.name = need("profile");
+    p.task = need("task");
+    p.t_in = std::stoll(need("t_in"));
+    p.c_in = std::stoll(need("c_in"));
+    p.tile_size = std::stoll(need("tile_size"));
+    p.t_out = std::stoll(need("t_out"));
+    p.c_out = std::stoll(need("c_out"));
+    p.classes_json = need("classes");
+    return engine;
+  } catch (const std::exception& e) {
+    *error = "could not load STSUN package " + package_path + ": " + e.what();
+    return nullptr;
+  }
+}
+
+bool Engine::run(const at::Tensor& x, Result* out, std::string* error) const {
+  const Profile& p = profile_;
+  std::ostringstream want;
+  want << "(B, T_in=" << p.t_in << ", C_in=" << p.c_in << ", H=" << p.tile_size << ", W=" << p.tile_size << ")";
+  if (x.dim() != 5 || x.size(1) != p.t_in || x.size(2) != p.c_in || x.size(3) != p.tile_size ||
+      x.size(4) != p.tile_size || x.size(0) < 1) {
+    std::ostringstream got;
+    got << x.sizes();
+    *error = "profile '" + p.name + "' expects input " + want.str() + ", got " + got.str();
+    return false;
+  }
+  if (x.scalar_type() != at::kFloat) {
+    *error = std::string("expected float32 input, got ") + c10::toString(x.scalar_type());
+    return false;
+  }
+  if (!torch::isfinite(x).all().item<bool>()) {
+    *error = "input contains NaN or infinite values; mask nodata before inference";
+    return false;
+  }
+  try {
+    torch::NoGradGuard no_grad;
+    auto outputs = loader_->run({x.contiguous()});
+    out->logits = outputs.at(0);
+    out->classes = p.c_out == 1 ? (out->logits.select(2, 0) > 0).to(at::kLong) : out->logits.argmax(2);
+    return true;
+  } catch (const std::exception& e) {
+    *error = std::string("inference failed: ") + e.what();
+    return false;
+  }
+}
+
+}  // namespace stsun

@@ -1,0 +1,62 @@
+"""The C++ consumer (runtime/cpp) builds with CMake against the torch wheel and reproduces Python."""
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch.utils
+
+from stsun import load_profile
+from stsun.export.builder import build
+from stsun.runtime import load_engine
+from stsun.runtime.cpp_io import read_tensor, write_tensor
+from stsun.synthetic import synthetic_tiles
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.skipif(not (shutil.which("cmake") and shutil.which("c++")),
+                                reason="cmake and a C++ compiler are needed to build runtime/cpp")
+
+
+@pytest.fixture(scope="module")
+def cpp_build(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cpp")
+    report = build(load_profile("sentinel2-bcd"), root / "build", precisions=("fp32",), max_batch=4,
+                   fidelity_tiles=2, cpp=True)
+    aoti = next(a for a in report["artifacts"] if a["name"] == "aoti-fp32")
+    assert aoti["fidelity"]["gate"]["passed"], aoti["fidelity"]
+    subprocess.run(["cmake", "-S", str(ROOT / "runtime" / "cpp"), "-B", str(root / "cmake"),
+                    f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}", "-DCMAKE_BUILD_TYPE=Release"],
+                   check=True, capture_output=True)
+    subprocess.run(["cmake", "--build", str(root / "cmake"), "-j", "2"], check=True, capture_output=True)
+    return root
+
+
+def test_cpp_example_matches_python(cpp_build):
+    root = cpp_build
+    engine = load_engine(root / "build", backend="folded")
+    x, _ = synthetic_tiles(engine.profile, 3, seed=21)
+    write_tensor(root / "input.bin", x)
+    res = subprocess.run([str(root / "cmake" / "stsun_example"), str(root / "build" / "model.fp32.pt2"),
+                          str(root / "input.bin"), str(root / "out"), "3"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert "profile sentinel2-bcd batch 3" in res.stdout
+    logits = read_tensor(root / "out.logits.bin", np.float32)
+    classes = read_tensor(root / "out.classes.bin", np.int64)
+    want = engine(x)
+    assert logits.shape == want.shape == (3, 1, 1, 256, 256)
+    assert np.abs(logits - want).max() < 1e-4
+    ort = load_engine(root / "build", backend="onnxruntime")(x)
+    assert np.abs(logits - ort).max() < 1e-4
+    np.testing.assert_array_equal(classes, (want[:, :, 0] > 0).astype(np.int64))
+
+
+def test_cpp_reports_errors(cpp_build, tmp_path):
+    root = cpp_build
+    exe, pt2 = str(root / "cmake" / "stsun_example"), str(root / "build" / "model.fp32.pt2")
+    write_tensor(tmp_path / "bad.bin", np.zeros((1, 2, 7, 256, 256), np.float32))
+    res = subprocess.run([exe, pt2, str(tmp_path / "bad.bin"), str(tmp_path / "o")], capture_output=True, text=True)
+    assert res.returncode == 1 and "expects input (B, T_in=2, C_in=10, H=256, W=256)" in res.stderr
+    res = subprocess.run([exe, str(tmp_path / "missing.pt2"), str(tmp_path / "bad.bin"), str(tmp_path / "o")],
+                         capture_output=True, text=True)
+    assert res.returncode == 1 and "could not load STSUN package" in res.stderr

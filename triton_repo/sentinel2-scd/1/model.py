@@ -1,0 +1,57 @@
+"""Triton Inference Server python-backend model for an STSUN build (copied as model.py).
+
+Self-contained (numpy + onnxruntime) so it runs in NVIDIA's container as well as under the
+pip-installed server. Each execution validates every request on its own (a bad request gets
+an error response; the others still run), then runs all valid requests as ONE batch.
+"""
+import json
+import os
+
+import numpy as np
+import onnxruntime as ort
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        path = os.path.join(args["model_repository"], args["model_version"], "model.onnx")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = int(params.get("intra_op_threads", "0"))
+        self.session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+        meta = self.session.get_modelmeta().custom_metadata_map
+        self.profile = json.loads(meta["stsun.profile"])
+        self.valid_min = float(params.get("valid_min", "-1.0"))
+        self.valid_max = float(params.get("valid_max", "3.0"))
+        s = self.profile["scaling"]
+        self.expectation = (f"profile '{self.profile['name']}' expects scaled values "
+                            f"(raw * {s['scale']:g} + {s['offset']:g}) within [{self.valid_min:g}, {self.valid_max:g}]")
+
+    def check(self, x):
+        if not np.isfinite(x).all():
+            return f"input contains NaN or infinite values; mask nodata before sending ({self.expectation})"
+        lo, hi = float(x.min()), float(x.max())
+        if lo < self.valid_min or hi > self.valid_max:
+            return f"input values span [{lo:g}, {hi:g}], out of range: {self.expectation}"
+        return None
+
+    def execute(self, requests):
+        responses = [None] * len(requests)
+        good, arrays = [], []
+        for i, request in enumerate(requests):
+            x = pb_utils.get_input_tensor_by_name(request, "x").as_numpy()
+            problem = self.check(x)
+            if problem:
+                responses[i] = pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(problem))
+            else:
+                good.append(i)
+                arrays.append(x)
+        if arrays:
+            logits = self.session.run(None, {"x": np.ascontiguousarray(np.concatenate(arrays))})[0]
+            start = 0
+            for i, x in zip(good, arrays):
+                out = pb_utils.Tensor("logits", logits[start:start + len(x)])
+                responses[i] = pb_utils.InferenceResponse(output_tensors=[out])
+                start += len(x)
+        return responses
