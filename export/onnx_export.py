@@ -14,6 +14,8 @@ import torch
 from stsun.atomic import atomic_write
 from stsun.profiles import Profile
 
+from stsun.model.lgwa import WindowAttention
+
 from .folding import FoldedSTSUN
 
 OPSET = 18
@@ -86,17 +88,29 @@ def _save(model: onnx.ModelProto, path: Path) -> Path:
     return path
 
 
-def export_fp32(folded: FoldedSTSUN, profile: Profile, path: Path, meta: dict[str, str]) -> Path:
-    """Trace the folded model (dynamic batch, static tile) to ONNX at opset ``OPSET``."""
+def export_fp32(folded: FoldedSTSUN, profile: Profile, path: Path, meta: dict[str, str],
+                attention_plugin: bool = False) -> Path:
+    """Trace the folded model (dynamic batch, static tile) to ONNX at opset ``OPSET``.
+
+    ``attention_plugin`` emits each LGWA attention as one ``stsun::WindowAttention`` node (for a
+    TensorRT plugin running the fused kernel) instead of pad/partition/MatMul/Softmax/MatMul."""
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # silence unrelated torchvision notes
     example = torch.rand(2, *profile.input_shape)
     batch = torch.export.Dim("batch", min=1, max=1024)
-    with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
-        raw = Path(tmp) / "raw.onnx"
-        torch.onnx.export(folded, (example,), str(raw), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                          opset_version=OPSET, dynamo=True, dynamic_shapes={"x": {0: batch}}, verbose=False)
-        model = onnx.load(str(raw))
-    _set_metadata(model, {**meta, META_PREFIX + "precision": "fp32"})
+    attentions = [m for m in folded.modules() if isinstance(m, WindowAttention)]
+    for m in attentions:
+        m.emit_plugin = attention_plugin
+    try:
+        with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
+            raw = Path(tmp) / "raw.onnx"
+            torch.onnx.export(folded, (example,), str(raw), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                              opset_version=OPSET, dynamo=True, dynamic_shapes={"x": {0: batch}}, verbose=False)
+            model = onnx.load(str(raw))
+    finally:
+        for m in attentions:
+            m.emit_plugin = False
+    _set_metadata(model, {**meta, META_PREFIX + "precision": "fp32",
+                          META_PREFIX + "attention_plugin": str(attention_plugin).lower()})
     onnx.checker.check_model(model)
     return _save(model, path)
 

@@ -166,3 +166,24 @@ def test_sentinel2_scd_builds_at_base_size(tmp_path):
     assert report["model_size"] == "base" and report["passed"]
     f = next(a for a in report["artifacts"] if a["name"] == "onnx-fp32")["fidelity"]
     assert f["argmax_agreement"] >= 0.9999 and f["max_abs_err"] <= 1e-3
+
+
+def test_attention_plugin_export(tiny_model, tmp_path):
+    """The TensorRT-plugin export mode: one custom node per LGWA attention, carrying the window."""
+    from stsun.export.onnx_export import export_fp32
+
+    p = load_profile("sentinel2-bcd")
+    path = export_fp32(fold(tiny_model, p), p, tmp_path / "plugin.onnx", {}, attention_plugin=True)
+    model = onnx.load(str(path))
+    nodes = [n for n in model.graph.node if n.op_type == "WindowAttention"]
+    assert len(nodes) == tiny_model.config.enc_depth + tiny_model.config.dec_depth
+    assert {n.domain for n in nodes} == {"stsun"} and "Softmax" not in {n.op_type for n in model.graph.node}
+    attrs = [{a.name: onnx.helper.get_attribute_value(a) for a in n.attribute} for n in nodes]
+    assert [(a["win_h"], a["win_w"]) for a in attrs[:4]] == [(32, 8), (16, 16), (8, 32), (32, 32)]
+    assert all(a["plugin_namespace"] == b"stsun" and a["num_heads"] == 2 for a in attrs)
+    assert attrs[0]["scale"] == pytest.approx(32 ** -0.5)
+    assert not check_tensorrt_compat(model).compatible  # unknown op without the plugin...
+    assert check_tensorrt_compat(model, plugin_ops=("WindowAttention",)).compatible  # ...fine with it
+    # the normal export is untouched afterwards
+    plain = onnx.load(str(export_fp32(fold(tiny_model, p), p, tmp_path / "plain.onnx", {})))
+    assert "WindowAttention" not in {n.op_type for n in plain.graph.node}

@@ -68,15 +68,23 @@ class WindowAttention(nn.Module):
         self.window_hw = window_hw
         self.qkv = nn.Linear(dim, 3 * dim, bias=True)
         self.proj = nn.Linear(dim, dim)
+        self.emit_plugin = False  # ONNX export: one custom WindowAttention node (a TensorRT plugin)
 
     def forward(self, x: torch.Tensor, grid_hw: tuple[int, int]) -> torch.Tensor:
         window = self.window_hw or grid_hw
         qkv = self.qkv(x)
-        if qkv.is_cuda and not (torch.is_grad_enabled() and qkv.requires_grad):
+        hd = qkv.shape[-1] // (3 * self.num_heads)
+        if self.emit_plugin and torch.onnx.is_in_onnx_export():
+            wh, ww = min(window[0], grid_hw[0]), min(window[1], grid_hw[1])
+            attrs = {"grid_h": grid_hw[0], "grid_w": grid_hw[1], "win_h": wh, "win_w": ww,
+                     "num_heads": self.num_heads, "scale": hd ** -0.5, "plugin_namespace": "stsun",
+                     "plugin_version": "1"}
+            out = torch.onnx.ops.symbolic("stsun::WindowAttention", (qkv,), attrs, dtype=qkv.dtype,
+                                          shape=(*qkv.shape[:2], qkv.shape[2] // 3), version=1)
+        elif qkv.is_cuda and not (torch.is_grad_enabled() and qkv.requires_grad):
             # Inference on a GPU: the fused kernel, as a custom op that torch.compile can capture.
             from stsun.kernels.ops import window_attention_op
 
-            hd = qkv.shape[-1] // (3 * self.num_heads)
             out = window_attention_op(qkv, *grid_hw, *window, self.num_heads, hd ** -0.5)
         else:
             out = window_attention_reference(qkv, grid_hw, window, self.num_heads)
