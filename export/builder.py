@@ -23,7 +23,6 @@ from stsun.synthetic import synthetic_tiles
 from stsun.train import calibrate_batchnorm
 
 from .fidelity import fidelity
-from .folding import fold
 from .onnx_export import convert_fp16, export_fp32, model_metadata, quantize_int8
 from .tensorrt_build import build_engine, tensorrt_unavailable_reason
 from .trt_compat import check_tensorrt_compat
@@ -70,7 +69,7 @@ def build(profile: Profile, out: Path, checkpoint: Path | None = None, size: str
     ref = eager(x)
 
     def record(name: str, kind: str, precision: str, path: Path | None, seconds: float, outputs: np.ndarray,
-               **extra) -> dict:
+               **extra) -> None:
         entry = {"name": name, "format": kind, "precision": precision,
                  "path": path.name if path else None, "bytes": path.stat().st_size if path else None,
                  "build_seconds": round(seconds, 2), "fidelity": fidelity(outputs, ref, precision), **extra}
@@ -78,7 +77,6 @@ def build(profile: Profile, out: Path, checkpoint: Path | None = None, size: str
         f = entry["fidelity"]
         mark = "[green]ok[/]" if f["gate"]["passed"] else "[red]FAILED[/]"
         console.print(f"  {name:<14} agreement {f['argmax_agreement']:.6f}  max|err| {f['max_abs_err']:.2e}  {mark}")
-        return entry
 
     t = time.perf_counter()
     folded = FoldedEngine(model, profile, max_batch)
@@ -91,7 +89,7 @@ def build(profile: Profile, out: Path, checkpoint: Path | None = None, size: str
         t = time.perf_counter()
         path = out / f"model.{precision}.onnx"
         if precision == "fp32":
-            export_fp32(fold(model, profile), profile, path, meta)
+            export_fp32(folded.module, profile, path, meta)
         elif precision == "fp16":
             convert_fp16(onnx_paths["fp32"], path)
         else:
@@ -111,7 +109,7 @@ def build(profile: Profile, out: Path, checkpoint: Path | None = None, size: str
         from .aoti_export import export_aoti
 
         t = time.perf_counter()
-        pt2 = export_aoti(fold(model, profile), profile, out / "model.fp32.pt2", max_batch,
+        pt2 = export_aoti(folded.module, profile, out / "model.fp32.pt2", max_batch,
                           {"checkpoint_sha256": sha, "stsun_version": stsun.__version__})
         seconds = time.perf_counter() - t
         runner = aoti_load_package(str(pt2))

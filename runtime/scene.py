@@ -24,7 +24,9 @@ from stsun.export.fidelity import predicted_classes
 
 from .engine import Engine
 
-# Colours for class maps (RGBA), in class order; change masks use black / red.
+# Change masks: no change black, change red.
+CHANGE_COLOURS = [(0, 0, 0), (230, 30, 30)]
+# Colours for class maps (RGB), in class order.
 PALETTE = [(214, 60, 60), (240, 208, 80), (46, 139, 58), (127, 200, 192), (160, 120, 90), (44, 95, 191),
            (150, 150, 150), (230, 140, 30), (120, 60, 160), (30, 200, 90), (250, 250, 250), (90, 90, 30)]
 
@@ -148,7 +150,7 @@ def predict_scene(engine: Engine, dates: list[str | Path], out: str | Path, opti
         stack.enter_context(rasterio.Env(GDAL_CACHEMAX=max(64, 3 * block_row >> 20)))  # MB
         height, width = ref.shape
         rows, cols = tile_starts(height, tile, stride), tile_starts(width, tile, stride)
-        pad_h, pad_w = max(0, tile - height), max(0, tile - width)  # scenes smaller than a tile
+        pad_w = max(0, tile - width)  # scenes narrower than a tile (a short one is padded by the strip)
         meta = {"driver": "GTiff", "width": width, "height": height, "count": count, "dtype": dtype,
                 "nodata": nodata, "crs": ref.crs, "transform": ref.transform, "tiled": True,
                 "blockxsize": 256, "blockysize": 256, "compress": "deflate"}
@@ -165,7 +167,7 @@ def predict_scene(engine: Engine, dates: list[str | Path], out: str | Path, opti
         wsum = np.zeros((tile, width + pad_w), np.float32)
         acc_top = 0  # scene row held by accumulator row 0
         for ri, y0 in enumerate(rows):
-            strip, valid = read_strip(readers, p, y0, tile, width, height, pad_w, pad_h, options.dn_offset)
+            strip, valid = read_strip(readers, p, y0, tile, width, height, pad_w, options.dn_offset)
             shift = y0 - acc_top
             if shift:  # rows above y0 are final: roll the accumulator up
                 acc[:, :, :-shift], acc[:, :, -shift:] = acc[:, :, shift:].copy(), 0
@@ -181,18 +183,16 @@ def predict_scene(engine: Engine, dates: list[str | Path], out: str | Path, opti
                     acc[:, :, :tile, x0:x0 + tile] += lg * weights
                     wsum[:tile, x0:x0 + tile] += weights
                 bar.update(len(chunk))
-            done_to = rows[ri + 1] if ri + 1 < len(rows) else height
-            n = min(done_to, height) - y0
-            if n > 0:
-                write_rows(dst, probs_dst, acc[:, :, :n, :width], wsum[:n, :width], valid[:n, :width],
-                           p, nodata, Window(0, y0, width, n))
+            n = (rows[ri + 1] if ri + 1 < len(rows) else height) - y0  # rows no later tile touches
+            write_rows(dst, probs_dst, acc[:, :, :n, :width], wsum[:n, :width], valid[:n, :width],
+                       p, nodata, Window(0, y0, width, n))
         bar.close()
         dst.update_tags(profile=p.name, task=p.task, classes=",".join(p.classes), backend=engine.backend,
                         encoding=__doc__.split("Output bands by task")[1].strip())
         if p.task != "bcd":
             dst.write_colormap(1, {i: (*PALETTE[i % len(PALETTE)], 255) for i in range(max(p.c_out, 2))})
         else:
-            dst.write_colormap(1, {0: (0, 0, 0, 255), 1: (230, 30, 30, 255)})
+            dst.write_colormap(1, {i: (*c, 255) for i, c in enumerate(CHANGE_COLOURS)})
         for b in range(count):
             dst.set_band_description(b + 1, band_name(p, b))
     return out
@@ -206,8 +206,7 @@ def band_name(p, b: int) -> str:
     return f"class_date{b + 1}" if b < p.t_out else f"fromto_date{b - p.t_out + 1}_to_date{b - p.t_out + 2}"
 
 
-def read_strip(readers, p, y0: int, tile: int, width: int, height: int, pad_w: int, pad_h: int,
-               dn_offset: float) -> tuple[np.ndarray, np.ndarray]:
+def read_strip(readers, p, y0: int, tile: int, width: int, height: int, pad_w: int, dn_offset: float) -> tuple[np.ndarray, np.ndarray]:
     """(T_in, C_in, tile, width+pad) scaled input for scene rows [y0, y0+tile), and a
     (tile, width+pad) mask that is True where every date has data."""
     from rasterio.windows import Window
@@ -266,15 +265,15 @@ def preview(dates: list[str | Path], prediction: str | Path, path: str | Path, p
             panels.append((f"date {t + 1}: RGB", np.clip(rgb.transpose(1, 2, 0) * 3.5, 0, 1), None))
     n_maps = profile.t_out
     classes_cmap = ListedColormap([np.array(c) / 255 for c in PALETTE[:max(profile.c_out, 2)]])
+    change_cmap = ListedColormap([np.array(c) / 255 for c in CHANGE_COLOURS])
     for b in range(n_maps):
         title = band_name(profile, b).replace("_", " ")
-        cmap = ListedColormap(["black", "#e61e1e"]) if profile.task == "bcd" else classes_cmap
+        cmap = change_cmap if profile.task == "bcd" else classes_cmap
         panels.append((title, np.ma.masked_equal(bands[b], nodata), cmap))
     if profile.task == "scd":
         for b in range(n_maps, len(bands)):
             changed = np.ma.masked_where(bands[b] == nodata, (bands[b] > 0).astype(np.uint8))
-            panels.append((band_name(profile, b).replace("_", " ") + " (changed)", changed,
-                           ListedColormap(["black", "#e61e1e"])))
+            panels.append((band_name(profile, b).replace("_", " ") + " (changed)", changed, change_cmap))
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.6))
     for ax, (title, img, cmap) in zip(np.atleast_1d(axes), panels):
         kwargs = {} if cmap is None else {"cmap": cmap, "vmin": 0, "vmax": cmap.N - 1, "interpolation": "nearest"}

@@ -11,8 +11,9 @@ from stsun.export.fidelity import predicted_classes
 from stsun.metrics import confusion, scores
 from stsun.model import STSUN, Metadata
 from stsun.profiles import Profile, load_profile
+from stsun.runtime.scene import PALETTE
 from stsun.synthetic import synthetic_tiles
-from stsun.train import calibrate_batchnorm, targets
+from stsun.train import calibrate_batchnorm, change_targets, targets
 
 EVAL_SEED = 987654  # never drawn in training (training seeds come from its own generator)
 
@@ -57,9 +58,8 @@ def evaluate_setting(model: STSUN, profile: Profile, tiles: int, calibrate: bool
         majority = np.bincount(target[target >= 0].ravel(), minlength=n).argmax()
         result["baseline"] = {"majority class": scores(confusion(np.full_like(target, majority), target, n))}
     if profile.task == "scd":  # from-to change derived from the per-date maps
-        change_t = (labels[:, 1:] != labels[:, :-1]).astype(np.int64)
-        change_t[(labels[:, 1:] < 0) | (labels[:, :-1] < 0)] = -1
-        result["derived_change"] = scores(confusion((pred[:, 1:] != pred[:, :-1]).astype(np.int64), change_t, 2))
+        derived = (pred[:, 1:] != pred[:, :-1]).astype(np.int64)
+        result["derived_change"] = scores(confusion(derived, change_targets(labels), 2))
     return result
 
 
@@ -98,7 +98,7 @@ def demo_figure(model: STSUN, path: Path, profile_name: str = "sentinel2-scd") -
     x, labels = synthetic_tiles(profile, 1, seed=EVAL_SEED + 1)
     pred = predict(model, profile, x)
     rgb_idx = [profile.band_names.index(b) for b in ("B4", "B3", "B2")]
-    cmap = ListedColormap(["#d63c3c", "#f0d050", "#2e8b3a", "#7fc8c0", "#a0785a", "#2c5fbf"][: profile.c_out])
+    cmap = ListedColormap([np.array(c) / 255 for c in PALETTE[: profile.c_out]])
     fig, axes = plt.subplots(profile.t_in, 3, figsize=(9, 3 * profile.t_in))
     for t in range(profile.t_in):
         rgb = np.clip(x[0, t, rgb_idx].transpose(1, 2, 0) * 3.5, 0, 1)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import time
+import zlib
 
 import numpy as np
 import torch
@@ -26,12 +27,18 @@ from stsun.synthetic import synthetic_tiles
 GSD_CHOICES = (5.0, 10.0, 20.0, 30.0)
 
 
+def change_targets(labels: np.ndarray) -> np.ndarray:
+    """(n, T, H, W) per-date labels -> (n, T-1, H, W): 1 where adjacent dates differ, 0 where
+    they agree, -1 where either date is nodata."""
+    changed = (labels[:, 1:] != labels[:, :-1]).astype(np.int64)
+    return np.where((labels[:, 1:] < 0) | (labels[:, :-1] < 0), -1, changed)
+
+
 def targets(labels: np.ndarray, profile: Profile) -> np.ndarray:
     """Per-task targets from per-date class labels (n, T_in, H, W): SS/SCD class per output
-    date, BCD 1 where adjacent dates differ; -1 where any involved date is nodata."""
+    date, BCD ``change_targets``."""
     if profile.task == "bcd":
-        changed = (labels[:, 1:] != labels[:, :-1]).astype(np.int64)
-        return np.where((labels[:, 1:] < 0) | (labels[:, :-1] < 0), -1, changed)
+        return change_targets(labels)
     return labels[:, :1] if profile.task == "ss" else labels
 
 
@@ -80,7 +87,8 @@ def calibrate_batchnorm(model: STSUN, profiles: list[Profile], batches: int = 8,
         for k, (p, b) in enumerate((p, b) for b in range(batches) for p in profs):
             for m in norms:
                 m.momentum = 1.0 / (k + 1)  # cumulative average over all batches of this task
-            x, _ = synthetic_tiles(p, batch, seed=seed + 1000 * b + hash(p.name) % 997)
+            # crc32, not hash(): str hashes change between processes, which broke reproducibility
+            x, _ = synthetic_tiles(p, batch, seed=seed + 1000 * b + zlib.crc32(p.name.encode()) % 997)
             model(torch.from_numpy(x), Metadata.from_profile(p))
     for m in norms:
         m.momentum = 0.1
