@@ -27,6 +27,9 @@ def build_command(
     calibrate_bn: Annotated[bool, typer.Option(help="Recalibrate the task's BatchNorm statistics on generated tiles "
                                                     "of this profile (for a sensor the checkpoint never saw).")] = False,
     cpp: Annotated[bool, typer.Option(help="Also write an AOTInductor package (model.fp32.pt2) for C++ services.")] = False,
+    attention: Annotated[str, typer.Option(help="How LGWA attention reaches TensorRT: 'tensorrt' (MatMul/Softmax for "
+                                                "TensorRT to fuse) or 'plugin' (the fused Triton kernel as the "
+                                                "stsun::WindowAttention plugin, PTX for sm_80/sm_90).")] = "tensorrt",
 ) -> None:
     """Build deployable artifacts for one profile and check them against the eager model."""
     from stsun.export.builder import build
@@ -35,7 +38,8 @@ def build_command(
         prof = load_profile(profile)
         precisions = tuple(p.strip() for p in precision.split(",") if p.strip())
         report = build(prof, out or Path("build") / prof.name, checkpoint=checkpoint, size=size,
-                       precisions=precisions, max_batch=max_batch, calibrate_bn=calibrate_bn, cpp=cpp, console=console)
+                       precisions=precisions, max_batch=max_batch, calibrate_bn=calibrate_bn, cpp=cpp,
+                       attention=attention, console=console)
     except (ProfileError, CheckpointError, ValueError) as err:
         console.print(f"[bold red]error:[/] {err}", highlight=False)
         raise typer.Exit(2)

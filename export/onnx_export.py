@@ -80,11 +80,40 @@ def _unshare_fp32_initializers(model: onnx.ModelProto) -> None:
                 readers[name] -= 1
 
 
+def _sort_topologically(graph: onnx.GraphProto) -> None:
+    """Producers before consumers, as ONNX requires and TensorRT's parser enforces: the fp16
+    converter appends the input casts it inserts at the end of the node list (onnxruntime
+    tolerates that, the ONNX checker and TensorRT do not). Stable for nodes already in order."""
+    available = {v.name for v in graph.input} | {i.name for i in graph.initializer} | {""}
+    ordered, remaining = [], list(graph.node)
+    while remaining:
+        rest = []
+        for node in remaining:
+            if all(name in available for name in node.input):
+                ordered.append(node)
+                available.update(node.output)
+            else:
+                rest.append(node)
+        if len(rest) == len(remaining):
+            raise ValueError(f"ONNX graph has a cycle or a dangling input at node {rest[0].name}")
+        remaining = rest
+    copies = [onnx.NodeProto() for _ in ordered]
+    for copy, node in zip(copies, ordered):
+        copy.CopyFrom(node)
+    del graph.node[:]
+    graph.node.extend(copies)
+
+
 def _save(model: onnx.ModelProto, path: Path) -> Path:
+    _sort_topologically(model.graph)
     # Single file while it fits protobuf's 2 GB limit; larger models keep external data.
     external = model.ByteSize() > 1_800_000_000
-    atomic_write(path, lambda tmp: onnx.save_model(model, str(tmp), save_as_external_data=external,
-                                                     location=path.name + ".data"))
+
+    def write(tmp: Path) -> None:
+        onnx.save_model(model, str(tmp), save_as_external_data=external, location=path.name + ".data")
+        onnx.checker.check_model(str(tmp))  # by path: also works for external data
+
+    atomic_write(path, write)
     return path
 
 
@@ -111,7 +140,6 @@ def export_fp32(folded: FoldedSTSUN, profile: Profile, path: Path, meta: dict[st
             m.emit_plugin = False
     _set_metadata(model, {**meta, META_PREFIX + "precision": "fp32",
                           META_PREFIX + "attention_plugin": str(attention_plugin).lower()})
-    onnx.checker.check_model(model)
     return _save(model, path)
 
 
@@ -123,6 +151,9 @@ def convert_fp16(src: Path, dst: Path) -> Path:
     meta = {p.key: p.value for p in model.metadata_props}
     _unshare_fp32_initializers(model)
     half = convert_float_to_float16(model, keep_io_types=True, op_block_list=FP16_KEEP_FP32)
+    # The converter leaves some value_info typed float where the tensor is now fp16, which strict
+    # shape inference rejects; the types are implied by the graph, so drop the stale hints.
+    del half.graph.value_info[:]
     _set_metadata(half, {**meta, META_PREFIX + "precision": "fp16"})
     return _save(half, dst)
 

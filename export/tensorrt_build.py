@@ -1,6 +1,7 @@
 """TensorRT engine build from the exported ONNX (needs TensorRT 10 and an NVIDIA GPU).
 
-Written against TensorRT 10's Python API; it has not run on the project's CPU machines.
+Written against the Python API of TensorRT 10 and 11 (checked against the 11.4 bindings' names);
+it has not run on the project's CPU machines.
 The engine's TensorRT version and GPU are recorded beside it (``*.plan.json``) and checked
 when it is loaded, because a plan only runs on the TensorRT version and GPU that built it.
 """
@@ -12,6 +13,8 @@ from pathlib import Path
 
 from stsun.atomic import atomic_write
 from stsun.profiles import Profile
+
+from .onnx_export import read_metadata
 
 WORKSPACE_BYTES = 4 << 30
 
@@ -49,26 +52,23 @@ def build_engine(onnx_path: Path, plan_path: Path, profile: Profile, precision: 
 
     start = time.perf_counter()
     logger = trt.Logger(trt.Logger.WARNING)
+    if read_metadata(onnx_path).get("attention_plugin") == "true":
+        from .tensorrt_plugin import register_window_attention_plugin
+
+        register_window_attention_plugin()
     builder = trt.Builder(logger)
-    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
+    # Strongly typed: each tensor keeps the type the ONNX gives it (the fp16 export keeps
+    # normalisations and softmax in fp32, the int8 export carries Q/DQ). TensorRT 11 has no
+    # other mode and no FP16/INT8 builder flags; 10.x accepts the flag.
+    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise RuntimeError(f"TensorRT could not parse {onnx_path}: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, WORKSPACE_BYTES)
-    if precision in ("fp16", "int8"):
-        config.set_flag(trt.BuilderFlag.FP16)
-    if precision == "int8":
-        config.set_flag(trt.BuilderFlag.INT8)  # the int8 ONNX carries explicit Q/DQ scales
-    if precision != "fp32":
-        # Normalisation and softmax reductions stay fp32; TensorRT must obey that.
-        config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
-        for i in range(network.num_layers):
-            layer = network.get_layer(i)
-            if layer.type in (trt.LayerType.NORMALIZATION, trt.LayerType.SOFTMAX, trt.LayerType.REDUCE):
-                layer.precision = trt.float32
-                layer.set_output_type(0, trt.float32)
+    if precision == "fp32":
+        config.clear_flag(trt.BuilderFlag.TF32)  # an fp32 engine is held to the fp32 fidelity gate
     shape = profile.input_shape
     opt = builder.create_optimization_profile()
     opt.set_shape("x", (1, *shape), (max_batch, *shape), (max_batch, *shape))

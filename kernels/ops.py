@@ -15,7 +15,7 @@ from stsun.model.lgwa import window_attention_reference
 def window_attention_op(qkv: torch.Tensor, grid_h: int, grid_w: int, win_h: int, win_w: int,
                         num_heads: int, scale: float) -> torch.Tensor:
     if qkv.is_cuda:
-        from .window_attention import window_attention  # needs triton, present with the gpu extra
+        from .window_kernel import window_attention  # needs triton, present with the gpu extra
 
         return window_attention(qkv, (grid_h, grid_w), (win_h, win_w), num_heads, scale)
     return window_attention_reference(qkv, (grid_h, grid_w), (win_h, win_w), num_heads, scale)

@@ -80,6 +80,19 @@ def test_onnx_is_static_except_batch_and_metadata_round_trips(s2_build):
     assert read_metadata(out / "model.int8.onnx")["precision"] == "int8"
 
 
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_every_onnx_is_valid_and_topologically_sorted(s2_build, precision):
+    """TensorRT's parser needs producers before consumers; the fp16 converter used to append
+    its input casts at the end (onnxruntime tolerated it, the ONNX checker did not)."""
+    model = onnx.load(str(s2_build[0] / f"model.{precision}.onnx"))
+    onnx.checker.check_model(model)
+    onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    seen = {v.name for v in model.graph.input} | {i.name for i in model.graph.initializer} | {""}
+    for node in model.graph.node:
+        assert set(node.input) <= seen, node.name
+        seen.update(node.output)
+
+
 @pytest.mark.parametrize("backend", ["eager", "folded", "onnxruntime"])
 def test_backends_agree_and_validate(s2_build, backend):
     out, _ = s2_build
@@ -180,8 +193,11 @@ def test_attention_plugin_export(tiny_model, tmp_path):
     assert {n.domain for n in nodes} == {"stsun"} and "Softmax" not in {n.op_type for n in model.graph.node}
     attrs = [{a.name: onnx.helper.get_attribute_value(a) for a in n.attribute} for n in nodes]
     assert [(a["win_h"], a["win_w"]) for a in attrs[:4]] == [(32, 8), (16, 16), (8, 32), (32, 32)]
-    assert all(a["plugin_namespace"] == b"stsun" and a["num_heads"] == 2 for a in attrs)
-    assert attrs[0]["scale"] == pytest.approx(32 ** -0.5)
+    assert all(a["plugin_namespace"] == b"stsun" and a["aot"] == 1 and a["num_heads"] == 2 for a in attrs)
+    assert attrs[0]["head_dim"] == 32 and attrs[0]["scale"] == pytest.approx(32 ** -0.5)
+    # TensorRT hands the attributes to the plugin in its registered order
+    assert [a.name for a in nodes[0].attribute][:7] == ["grid_h", "grid_w", "win_h", "win_w", "num_heads",
+                                                        "head_dim", "scale"]
     assert not check_tensorrt_compat(model).compatible  # unknown op without the plugin...
     assert check_tensorrt_compat(model, plugin_ops=("WindowAttention",)).compatible  # ...fine with it
     # the normal export is untouched afterwards

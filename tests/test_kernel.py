@@ -66,3 +66,20 @@ def test_custom_op_dispatches_to_reference_on_cpu_and_passes_opcheck():
     torch.testing.assert_close(got, window_attention_reference(qkv, (30, 27), (16, 16), 2, 0.25))
     torch.library.opcheck(window_attention_op, (qkv, 30, 27, 16, 16, 2, 0.25),
                           test_utils=("test_schema", "test_faketensor"))
+
+
+def test_public_name_stays_the_function():
+    """``stsun.kernels.window_attention`` is the function even after the kernel module loads."""
+    import stsun.kernels
+
+    window_attention(torch.randn(1, 16, 3 * 16), (4, 4), (2, 2), 1)
+    assert callable(stsun.kernels.window_attention)
+
+
+@pytest.mark.parametrize("grid", [(32, 32), (30, 27)])
+def test_explicit_softmax_baseline_matches_sdpa(grid):
+    """The benchmark's explicit softmax(QK^T)V path computes the same attention as SDPA."""
+    qkv = torch.randn(2, grid[0] * grid[1], 3 * 2 * 16, dtype=torch.float64)
+    for window in [(32, 8), (16, 16), grid]:
+        torch.testing.assert_close(window_attention_reference(qkv, grid, window, 2, explicit_softmax=True),
+                                   window_attention_reference(qkv, grid, window, 2))

@@ -21,6 +21,7 @@ def window_attention_reference(
     window_hw: tuple[int, int],
     num_heads: int,
     scale: float | None = None,
+    explicit_softmax: bool = False,
 ) -> torch.Tensor:
     """Multi-head attention inside each window of a token grid.
 
@@ -28,6 +29,8 @@ def window_attention_reference(
     Windows tile the grid from the top-left; positions beyond the grid (when H or W is not
     a multiple of the window) are padded for the partition but masked out of the softmax,
     so they never receive attention weight. Returns (B, H*W, C), heads concatenated.
+    ``explicit_softmax`` computes softmax(QK^T)V with plain matmuls instead of SDPA: the graph a
+    generic exporter emits, kept as a baseline for the kernel benchmark.
     """
     b, n, c3 = qkv.shape
     gh, gw = grid_hw
@@ -50,7 +53,13 @@ def window_attention_reference(
         cols = torch.arange(nw * ww, device=qkv.device).view(1, nw, 1, ww) < gw
         valid = (rows & cols).reshape(nh * nw, 1, 1, wh * ww)  # keys inside the grid
         mask = valid.repeat(b, 1, 1, 1)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    if explicit_softmax:
+        scores = (q @ k.transpose(-2, -1)) * (hd ** -0.5 if scale is None else scale)
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        out = scores.softmax(-1) @ v
+    else:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
     # (B*nh*nw, heads, wh*ww, hd) -> (B, nh*wh, nw*ww, heads*hd), then crop the padding
     out = out.view(b, nh, nw, num_heads, wh, ww, hd).permute(0, 1, 4, 2, 5, 3, 6)
     out = out.reshape(b, nh * wh, nw * ww, num_heads * hd)[:, :gh, :gw]
@@ -69,6 +78,7 @@ class WindowAttention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim, bias=True)
         self.proj = nn.Linear(dim, dim)
         self.emit_plugin = False  # ONNX export: one custom WindowAttention node (a TensorRT plugin)
+        self.use_kernel = True  # the fused kernel for CUDA inference; benchmarks switch it off
 
     def forward(self, x: torch.Tensor, grid_hw: tuple[int, int]) -> torch.Tensor:
         window = self.window_hw or grid_hw
@@ -76,12 +86,14 @@ class WindowAttention(nn.Module):
         hd = qkv.shape[-1] // (3 * self.num_heads)
         if self.emit_plugin and torch.onnx.is_in_onnx_export():
             wh, ww = min(window[0], grid_hw[0]), min(window[1], grid_hw[1])
+            # attribute order = the TensorRT plugin's (stsun.export.tensorrt_plugin); aot=1 selects
+            # its ahead-of-time kernel, so the engine runs without Python
             attrs = {"grid_h": grid_hw[0], "grid_w": grid_hw[1], "win_h": wh, "win_w": ww,
-                     "num_heads": self.num_heads, "scale": hd ** -0.5, "plugin_namespace": "stsun",
-                     "plugin_version": "1"}
+                     "num_heads": self.num_heads, "head_dim": hd, "scale": hd ** -0.5,
+                     "plugin_namespace": "stsun", "plugin_version": "1", "aot": True}
             out = torch.onnx.ops.symbolic("stsun::WindowAttention", (qkv,), attrs, dtype=qkv.dtype,
                                           shape=(*qkv.shape[:2], qkv.shape[2] // 3), version=1)
-        elif qkv.is_cuda and not (torch.is_grad_enabled() and qkv.requires_grad):
+        elif self.use_kernel and qkv.is_cuda and not (torch.is_grad_enabled() and qkv.requires_grad):
             # Inference on a GPU: the fused kernel, as a custom op that torch.compile can capture.
             from stsun.kernels.ops import window_attention_op
 

@@ -14,6 +14,7 @@ Nothing of window or attention-matrix size is ever stored in device memory.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -25,8 +26,9 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 @triton.jit
 def _window_attention_fwd(
-    qkv_ptr, out_ptr, qk_scale,
-    n_tokens, grid_h, grid_w, windows_per_row,
+    # TensorRT's AOT plugin calling convention: input pointers, int32 scalars, output pointers
+    # (qk_scale is a compile-time constant there; see stsun.kernels.aot)
+    qkv_ptr, qk_scale, n_tokens, grid_h, grid_w, windows_per_row, out_ptr,
     C: tl.constexpr, NUM_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr,
     WIN_H: tl.constexpr, WIN_W: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DOT_FP32: tl.constexpr,
@@ -84,11 +86,49 @@ def _window_attention_fwd(
              mask=q_ok[:, None] & d_ok[None, :])
 
 
-def block_sizes(window_tokens: int, head_dim: int) -> tuple[int, int, int]:
-    """(BLOCK_M, BLOCK_N, BLOCK_D): every tl.dot dimension >= 16, blocks no larger than needed."""
-    block_d = max(16, triton.next_power_of_2(head_dim))
-    block = min(64 if head_dim <= 64 else 32, max(16, triton.next_power_of_2(window_tokens)))
-    return block, block, block_d
+@dataclass(frozen=True)
+class Launch:
+    """Everything a launch of the kernel depends on besides the tensors and the batch size;
+    shared by the JIT path below and the ahead-of-time build (stsun.kernels.aot)."""
+
+    grid_hw: tuple[int, int]
+    window_hw: tuple[int, int]  # clipped to the grid
+    num_heads: int
+    head_dim: int
+
+    @classmethod
+    def of(cls, grid_hw: tuple[int, int], window_hw: tuple[int, int], num_heads: int, head_dim: int) -> "Launch":
+        if not 16 <= head_dim <= 128:
+            raise ValueError(f"head_dim must be in [16, 128], got {head_dim}")
+        gh, gw = grid_hw
+        return cls((gh, gw), (min(window_hw[0], gh), min(window_hw[1], gw)), num_heads, head_dim)
+
+    @property
+    def block(self) -> int:
+        """BLOCK_M = BLOCK_N: every tl.dot dimension >= 16, no larger than the window needs."""
+        wh, ww = self.window_hw
+        return min(64 if self.head_dim <= 64 else 32, max(16, triton.next_power_of_2(wh * ww)))
+
+    @property
+    def windows_per_row(self) -> int:
+        return triton.cdiv(self.grid_hw[1], self.window_hw[1])
+
+    @property
+    def programs_per_head(self) -> int:
+        """Program-grid x extent: query blocks of every window; the y extent is batch * heads."""
+        wh, ww = self.window_hw
+        n_windows = triton.cdiv(self.grid_hw[0], wh) * self.windows_per_row
+        return n_windows * triton.cdiv(wh * ww, self.block)
+
+    def scalars(self) -> tuple[int, int, int, int]:
+        """The kernel's int32 arguments: n_tokens, grid_h, grid_w, windows_per_row."""
+        gh, gw = self.grid_hw
+        return gh * gw, gh, gw, self.windows_per_row
+
+    def constexprs(self, dot_fp32: bool = False) -> dict[str, int | bool]:
+        return dict(C=self.num_heads * self.head_dim, NUM_HEADS=self.num_heads, HEAD_DIM=self.head_dim,
+                    WIN_H=self.window_hw[0], WIN_W=self.window_hw[1], BLOCK_M=self.block, BLOCK_N=self.block,
+                    BLOCK_D=max(16, triton.next_power_of_2(self.head_dim)), DOT_FP32=dot_fp32)
 
 
 def window_attention(qkv: torch.Tensor, grid_hw: tuple[int, int], window_hw: tuple[int, int],
@@ -102,26 +142,17 @@ def window_attention(qkv: torch.Tensor, grid_hw: tuple[int, int], window_hw: tup
     if qkv.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise TypeError(f"window_attention supports float32, float16 and bfloat16, got {qkv.dtype}")
     c = c3 // 3
-    head_dim = c // num_heads
-    if not 16 <= head_dim <= 128:
-        raise ValueError(f"head_dim must be in [16, 128], got {head_dim}")
-    wh, ww = min(window_hw[0], gh), min(window_hw[1], gw)
+    launch = Launch.of(grid_hw, window_hw, num_heads, c // num_heads)
     qkv = qkv.contiguous()
     if out is None:
         out = torch.empty(b, n, c, dtype=qkv.dtype, device=qkv.device)
     elif out.shape != (b, n, c) or out.dtype != qkv.dtype or not out.is_contiguous():
         raise ValueError(f"out must be a contiguous {(b, n, c)} {qkv.dtype} tensor")
-    windows_per_row = triton.cdiv(gw, ww)
-    n_windows = triton.cdiv(gh, wh) * windows_per_row
-    block_m, block_n, block_d = block_sizes(wh * ww, head_dim)
-    scale = head_dim ** -0.5 if scale is None else scale
-    grid = (n_windows * triton.cdiv(wh * ww, block_m), b * num_heads)
-    _window_attention_fwd[grid](
-        qkv, out, scale * LOG2E, n, gh, gw, windows_per_row,
-        C=c, NUM_HEADS=num_heads, HEAD_DIM=head_dim, WIN_H=wh, WIN_W=ww,
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
+    scale = launch.head_dim ** -0.5 if scale is None else scale
+    _window_attention_fwd[(launch.programs_per_head, b * num_heads)](
+        qkv, scale * LOG2E, *launch.scalars(), out,
         # bf16 tl.dot is wrong under the CPU interpreter (triton issue 11584): upcast there only
-        DOT_FP32=_INTERPRET and qkv.dtype == torch.bfloat16,
+        **launch.constexprs(dot_fp32=_INTERPRET and qkv.dtype == torch.bfloat16),
     )
     return out
 
@@ -138,4 +169,4 @@ def attention_flops(batch: int, grid_hw: tuple[int, int], window_hw: tuple[int, 
     return float(batch * total)
 
 
-__all__ = ["window_attention", "attention_flops", "block_sizes"]
+__all__ = ["Launch", "window_attention", "attention_flops"]
