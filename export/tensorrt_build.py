@@ -1,4 +1,4 @@
-"""TensorRT engine build from the exported ONNX (needs TensorRT 10 and an NVIDIA GPU).
+"""TensorRT engine build from the exported ONNX (needs TensorRT 10 or 11 and an NVIDIA GPU).
 
 Written against the Python API of TensorRT 10 and 11 (checked against the 11.4 bindings' names);
 it has not run on the project's CPU machines.

@@ -1,6 +1,6 @@
 """TensorRT plugin ``stsun::WindowAttention``: the fused Triton kernel inside an engine.
 
-An ahead-of-time plugin (``tensorrt.plugin`` register + autotune + aot_impl, TensorRT >= 10.9):
+An ahead-of-time plugin (``tensorrt.plugin`` register + autotune + aot_impl, TensorRT >= 10.8):
 at engine build TensorRT asks for each node's kernel, gets PTX from ``stsun.kernels.aot`` for
 the build GPU, and bakes it into the plan, so running the engine needs no Python (trtexec and
 C++ services load it as is). The ONNX node (``export_fp32(..., attention_plugin=True)``) carries
@@ -35,6 +35,9 @@ def register_window_attention_plugin() -> None:
 
     from stsun.kernels.aot import AttentionSpec, compile_ptx
 
+    if not hasattr(trtp, "aot_impl"):
+        raise RuntimeError(f"the attention plugin needs ahead-of-time Python plugins (TensorRT 10.8 or newer); "
+                           f"this is TensorRT {trt.__version__}: upgrade, or build with --attention tensorrt")
     dtype_names = {trt.float32: "fp32", trt.float16: "fp16", trt.bfloat16: "bf16"}
 
     # Attribute order must match the ONNX node's (onnx_export) and stay the same in aot_impl:

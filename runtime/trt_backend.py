@@ -1,4 +1,4 @@
-"""Native TensorRT backend (TensorRT 10 + pycuda). Not run on the project's CPU machines."""
+"""Native TensorRT backend (TensorRT 10 or 11, with pycuda). Not run on the project's CPU machines."""
 from __future__ import annotations
 
 import json
