@@ -20,7 +20,7 @@ from onnx.reference.op_run import OpRun
 from stsun.atomic import atomic_write
 from stsun.model.lgwa import window_attention_reference
 
-from .onnx_export import INPUT_NAME
+from .onnx_export import INPUT_NAME, read_metadata
 
 PLUGIN_OP = "WindowAttention"
 
@@ -42,9 +42,7 @@ def run_with_reference(path: Path, x: np.ndarray) -> np.ndarray:
 
 def plugin_specs(paths: list[Path]) -> list:
     """The distinct kernel specialisations plugin ONNX files need (one per window shape and dtype)."""
-    from stsun.kernels.aot import AttentionSpec
-
-    from .onnx_export import read_metadata
+    from stsun.kernels.aot import AttentionSpec  # needs triton; plain builds do not
 
     specs = []
     for path in paths:

@@ -18,10 +18,9 @@ _registered = False
 
 def build_arch() -> int:
     """Compute capability of the GPU TensorRT is building on, as 80, 90, ..."""
-    import pycuda.driver as cuda
+    from .tensorrt_build import gpu_identity
 
-    cuda.init()
-    major, minor = cuda.Device(0).compute_capability()
+    major, minor = gpu_identity()["compute_capability"]
     return 10 * major + minor
 
 

@@ -87,21 +87,27 @@ def ptx_isa(ptx: str) -> str:
     return re.search(r"^\.version\s+(\S+)", ptx, re.M).group(1)
 
 
+_ENTRY = re.compile(r"\.entry\s+\w+\s*\(([^)]*)\)")
+
+
+def _param_list(ptx: str) -> tuple[re.Match, list[str]]:
+    """The kernel entry's match and its parameter declarations."""
+    entry = _ENTRY.search(ptx)
+    return entry, [p for p in entry.group(1).split(",") if p.strip()]
+
+
 def entry_params(ptx: str) -> list[tuple[str, str]]:
     """(type, name) of each parameter of the PTX's kernel entry."""
-    params = re.search(r"\.entry\s+\w+\s*\(([^)]*)\)", ptx).group(1)
-    return [(re.search(r"\.param\s+\.(\w+)", p).group(1), p.split()[-1]) for p in params.split(",") if p.strip()]
+    return [(re.search(r"\.param\s+\.(\w+)", p).group(1), p.split()[-1]) for p in _param_list(ptx)[1]]
 
 
 def _drop_scratch_params(ptx: str, n_keep: int) -> str:
-    head, sep, rest = ptx.partition(".entry")
-    open_, close = rest.index("("), rest.index(")")
-    params = [p for p in rest[open_ + 1:close].split(",") if p.strip()]
-    body = rest[close:]
+    entry, params = _param_list(ptx)
+    body = ptx[entry.end(1):]
     for p in params[n_keep:]:
         if p.split()[-1] in body:
             raise AotError(f"the kernel reads its scratch parameter {p.split()[-1]}; TensorRT cannot pass it")
-    return head + sep + rest[:open_ + 1] + ",".join(params[:n_keep]) + "\n" + body
+    return ptx[:entry.start(1)] + ",".join(params[:n_keep]) + "\n" + body
 
 
 def _compilable_kernel() -> JITFunction:
