@@ -1,8 +1,15 @@
+import os
+
 import pytest
 import torch
 
-from stsun.model import STSUN, model_config
-from stsun.model.norm import TaskBatchNorm2d
+# Without a GPU, Triton kernels run under the CPU interpreter. It must be chosen before any test
+# module imports a kernel (@triton.jit decides at definition), so it is set here, not per file.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from stsun.model import STSUN, model_config  # noqa: E402
+from stsun.model.norm import TaskBatchNorm2d  # noqa: E402
 
 
 def random_model(size: str = "tiny", seed: int = 0) -> STSUN:

@@ -1,15 +1,11 @@
 """The fused Triton window-attention kernel against the PyTorch reference in float64.
 
-Without a GPU the kernel runs under Triton's CPU interpreter (TRITON_INTERPRET=1, set here
-before triton is imported); shapes stay small so the interpreter stays fast.
+Without a GPU the kernel runs under Triton's CPU interpreter (TRITON_INTERPRET=1, set in
+conftest.py before any kernel is imported); shapes stay small so the interpreter stays fast.
 """
-import os
-
 import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
 pytest.importorskip("triton", reason="triton is not installed (the dev or gpu extra)")
 
 from stsun.kernels import window_attention  # noqa: E402
