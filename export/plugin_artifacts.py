@@ -60,15 +60,13 @@ def plugin_specs(paths: list[Path]) -> list:
 
 def write_kernels(paths: list[Path], out_dir: Path) -> list[dict]:
     """Compile every kernel the plugin ONNX ``paths`` need, for each architecture in ARCHS."""
-    from stsun.kernels.aot import ARCHS, assemble, compile_ptx
+    from stsun.kernels.aot import ARCHS, assemble, compile_many
 
     out_dir.mkdir(parents=True, exist_ok=True)
     reports = []
-    for spec in plugin_specs(paths):
-        for arch in ARCHS:
-            kernel = compile_ptx(spec, arch)
-            ptx = out_dir / f"window_attention.{spec.tag}.sm{arch}.ptx"
-            atomic_write(ptx, lambda tmp: tmp.write_text(kernel.ptx))
-            reports.append({"file": ptx.name, **kernel.report(), "ptxas": assemble(kernel)})
+    for kernel in compile_many((spec, arch) for spec in plugin_specs(paths) for arch in ARCHS):
+        ptx = out_dir / f"window_attention.{kernel.spec.tag}.sm{kernel.arch}.ptx"
+        atomic_write(ptx, lambda tmp: tmp.write_text(kernel.ptx))
+        reports.append({"file": ptx.name, **kernel.report(), "ptxas": assemble(kernel)})
     atomic_write(out_dir / "kernels.json", lambda tmp: tmp.write_text(json.dumps(reports, indent=2) + "\n"))
     return reports

@@ -16,21 +16,27 @@ What the plugin needs from a Triton kernel, and how this module provides it:
   plugin's launch parameters cannot request; fewer pipeline stages are used if needed.
 - PTX ISA 8.0 (CUDA 12.0) is requested, the lowest with sm_90a's wgmma, so any CUDA 12+ driver
   can JIT the PTX regardless of which (newer) ptxas the installed triton bundles.
+- Compilation runs in a child process with a clean Triton configuration. With
+  ``TRITON_INTERPRET=1`` (tests and CPU smoke runs set it) triton checks the interpreter switch
+  inside its code generator and patches ``triton.language`` while interpreted kernels run, so an
+  in-process compile depends on what the caller did before; a child does not. One child
+  compiles a whole batch (``compile_many``), and results are cached per process.
 """
 from __future__ import annotations
 
-import functools
+import json
 import os
 import re
 import subprocess
+import sys
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Iterable
 
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from triton.runtime.jit import JITFunction
 
 from .window_kernel import LOG2E, Launch, _window_attention_fwd
 
@@ -110,22 +116,18 @@ def _drop_scratch_params(ptx: str, n_keep: int) -> str:
     return ptx[:entry.start(1)] + ",".join(params[:n_keep]) + "\n" + body
 
 
-def _compilable_kernel() -> JITFunction:
-    """The kernel as a JITFunction, also in a process where TRITON_INTERPRET=1 made @triton.jit
-    return an interpreter wrapper (tests and CPU smoke runs)."""
-    kernel = _window_attention_fwd
-    return kernel if isinstance(kernel, JITFunction) else JITFunction(kernel.fn)
-
-
-@functools.lru_cache(maxsize=None)
-def compile_ptx(spec: AttentionSpec, arch: int) -> AotKernel:
-    """PTX of the kernel specialised for ``spec`` on compute capability ``arch`` (80 = sm_80, ...)."""
+def _check(spec: AttentionSpec, arch: int) -> None:
     if spec.dtype not in DTYPES:
         raise AotError(f"dtype must be one of {DTYPES}, got {spec.dtype!r}")
     if arch < 80:
         raise AotError(f"sm_{arch} is not supported: the kernel needs sm_80 or newer")
+
+
+def _compile_here(spec: AttentionSpec, arch: int) -> AotKernel:
+    """Compile in this process; only correct where TRITON_INTERPRET is off (the child below)."""
+    _check(spec, arch)
     launch = spec.launch
-    fn = _compilable_kernel()
+    fn = _window_attention_fwd
     names = fn.arg_names
     constants = {"qk_scale": spec.scale * LOG2E, **launch.constexprs()}
     signature = {n: "constexpr" if n in constants else ("i32" if n not in ("qkv_ptr", "out_ptr") else f"*{spec.dtype}")
@@ -148,6 +150,48 @@ def compile_ptx(spec: AttentionSpec, arch: int) -> AotKernel:
     if [t for t, _ in entry_params(ptx)] != expected:
         raise AotError(f"{spec.tag}: unexpected kernel parameters {entry_params(ptx)}; TensorRT passes {expected}")
     return AotKernel(spec, arch, meta.name, ptx, meta.num_warps, stages, meta.shared, launch.programs_per_head, scalars)
+
+
+_CACHE: dict[tuple[AttentionSpec, int], AotKernel] = {}
+
+
+def compile_many(requests: Iterable[tuple[AttentionSpec, int]]) -> list[AotKernel]:
+    """PTX for each (spec, compute capability) request, compiled together in one clean child
+    process (see the module docstring); cached, so asking again costs nothing."""
+    requests = list(requests)
+    for spec, arch in requests:
+        _check(spec, arch)
+    missing = list(dict.fromkeys(r for r in requests if r not in _CACHE))
+    if missing:
+        env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+        payload = json.dumps([[asdict(spec), arch] for spec, arch in missing])
+        res = subprocess.run([sys.executable, "-m", __name__], input=payload, capture_output=True, text=True, env=env)
+        try:
+            answer = json.loads(res.stdout.strip().splitlines()[-1])
+        except (IndexError, json.JSONDecodeError):
+            raise AotError(f"the ahead-of-time kernel build failed (exit {res.returncode}): "
+                           f"{res.stderr.strip()[-2000:]}") from None
+        if "error" in answer:
+            raise AotError(answer["error"])
+        for (spec, arch), k in zip(missing, answer["kernels"]):
+            _CACHE[spec, arch] = AotKernel(**{**k, "spec": spec, "scalars": tuple(k["scalars"])})
+    return [_CACHE[r] for r in requests]
+
+
+def compile_ptx(spec: AttentionSpec, arch: int) -> AotKernel:
+    """PTX of the kernel specialised for ``spec`` on compute capability ``arch`` (80 = sm_80, ...)."""
+    return compile_many([(spec, arch)])[0]
+
+
+def _serve_child() -> None:
+    """The child's side of ``compile_many``: requests as JSON on stdin, kernels (or the first
+    AotError) as one JSON line on stdout."""
+    try:
+        kernels = [_compile_here(AttentionSpec(**spec), arch) for spec, arch in json.load(sys.stdin)]
+        answer = {"kernels": [{**asdict(k), "spec": None} for k in kernels]}
+    except AotError as e:
+        answer = {"error": str(e)}
+    print(json.dumps(answer))
 
 
 def ptxas_path() -> Path:
@@ -176,4 +220,8 @@ def assemble(kernel: AotKernel) -> dict:
     return {"target": target, "cubin_bytes": cubin_bytes, "registers": registers, "spill_bytes": sum(spills)}
 
 
-__all__ = ["ARCHS", "AotError", "AotKernel", "AttentionSpec", "assemble", "compile_ptx", "entry_params", "ptx_isa"]
+__all__ = ["ARCHS", "AotError", "AotKernel", "AttentionSpec", "assemble", "compile_many", "compile_ptx", "entry_params",
+           "ptx_isa"]
+
+if __name__ == "__main__":
+    _serve_child()

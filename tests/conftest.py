@@ -1,4 +1,5 @@
 import os
+import random
 
 import pytest
 import torch
@@ -30,3 +31,16 @@ def random_model(size: str = "tiny", seed: int = 0) -> STSUN:
 @pytest.fixture(scope="session")
 def tiny_model() -> STSUN:
     return random_model("tiny")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``STSUN_TEST_SHUFFLE=SEED`` runs the test files in a seeded random order (the tests inside a
+    file keep theirs). ``.ci/test`` sets it, so over many CI runs no file can come to depend on
+    another having run before it; the seed it prints replays an order."""
+    seed = os.environ.get("STSUN_TEST_SHUFFLE")
+    if not seed:
+        return
+    files = list(dict.fromkeys(item.path for item in items))
+    random.Random(seed).shuffle(files)
+    rank = {path: i for i, path in enumerate(files)}
+    items.sort(key=lambda item: rank[item.path])

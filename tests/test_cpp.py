@@ -14,8 +14,9 @@ from stsun.runtime.cpp_io import read_tensor, write_tensor
 from stsun.synthetic import synthetic_tiles
 
 ROOT = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.skipif(not (shutil.which("cmake") and shutil.which("c++")),
-                                reason="cmake and a C++ compiler are needed to build runtime/cpp")
+pytestmark = [pytest.mark.own_process,  # loads a compiled AOTInductor package into the process
+              pytest.mark.skipif(not (shutil.which("cmake") and shutil.which("c++")),
+                                 reason="cmake and a C++ compiler are needed to build runtime/cpp")]
 
 
 @pytest.fixture(scope="module")

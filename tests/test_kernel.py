@@ -7,6 +7,7 @@ import pytest
 import torch
 
 pytest.importorskip("triton", reason="triton is not installed (the dev or gpu extra)")
+pytestmark = pytest.mark.own_process  # runs kernels under the Triton interpreter
 
 from stsun.kernels import window_attention  # noqa: E402
 from stsun.kernels.ops import window_attention_op  # noqa: E402

@@ -12,8 +12,9 @@ from stsun.runtime.server import TritonServer, tritonserver_available
 from stsun.runtime.triton_repo import write_triton_repo
 from stsun.synthetic import synthetic_tiles
 
-pytestmark = pytest.mark.skipif(tritonserver_available() is not None,
-                                reason=f"no Triton server here: {tritonserver_available()}")
+pytestmark = [pytest.mark.own_process,  # starts servers on loopback ports
+              pytest.mark.skipif(tritonserver_available() is not None,
+                                 reason=f"no Triton server here: {tritonserver_available()}")]
 
 
 def free_ports(n):
