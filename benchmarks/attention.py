@@ -28,10 +28,10 @@ import typer
 from rich.console import Console
 
 from stsun.atomic import atomic_write
-from stsun.model.lgwa import window_attention_reference
+from stsun.kernels.reference import window_attention_reference
+from stsun.precision import PRECISIONS
 
 console = Console(stderr=True)
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 WINDOWS = {"32x8": (32, 8), "16x16": (16, 16), "8x32": (8, 32), "global": (32, 32)}
 
 
@@ -74,11 +74,11 @@ def kernel_rows(grid: tuple[int, int], channels: int, heads: int, batches: list[
         for wname, window in windows.items():
             impls = implementations(grid, window, heads)
             # correctness first, on a small batch against float64
-            check = torch.randn(2, grid[0] * grid[1], 3 * channels, device=device, dtype=DTYPES[dtype])
+            check = torch.randn(2, grid[0] * grid[1], 3 * channels, device=device, dtype=PRECISIONS[dtype].torch_dtype)
             ref = window_attention_reference(check.double(), grid, window, heads)
             errors = {name: float((fn(check).double() - ref).abs().max()) for name, fn in impls.items()}
             for batch in batches:
-                qkv = torch.randn(batch, grid[0] * grid[1], 3 * channels, device=device, dtype=DTYPES[dtype])
+                qkv = torch.randn(batch, grid[0] * grid[1], 3 * channels, device=device, dtype=PRECISIONS[dtype].torch_dtype)
                 flops = attention_flops(batch, grid, window, channels)
                 for name, fn in impls.items():
                     try:
@@ -101,7 +101,7 @@ def kernel_rows(grid: tuple[int, int], channels: int, heads: int, batches: list[
 def model_rows(size: str, batches: list[int], device: str) -> list[dict]:
     """Whole-model effect of the kernel (GPU only): same weights, same tiles, bf16."""
     from stsun.checkpoint import load_model
-    from stsun.export.folding import fold
+    from stsun.model.folding import fold
     from stsun import Metadata
     from stsun.model.lgwa import WindowAttention
     from stsun.profiles import load_profile

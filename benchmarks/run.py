@@ -22,19 +22,18 @@ from rich.console import Console
 from torch.utils.flop_counter import FlopCounterMode
 
 from stsun.atomic import atomic_write
-from stsun.export.builder import build
-from stsun.export.fidelity import predicted_classes
-from stsun.export.tensorrt_build import tensorrt_unavailable_reason
+from stsun.pipeline import build_artifacts
+from stsun.classmaps import predicted_classes
 from stsun.profiles import load_profile
 from stsun.runtime import EagerEngine, EngineError, load_engine
+from stsun.runtime.backends import BACKENDS
 from stsun.synthetic import synthetic_tiles
 
 console = Console(stderr=True)
-# backend name -> (runtime backend, artifact precision)
-RUNTIME_BACKENDS = {"eager": ("eager", "fp32"), "folded": ("folded", "fp32"), "compiled": ("compiled", "fp32"),
-                    "triton": ("triton", "fp32"), "onnxruntime": ("onnxruntime", "fp32"),
-                    "onnxruntime-fp16": ("onnxruntime", "fp16"), "onnxruntime-int8": ("onnxruntime", "int8"),
-                    "tensorrt": ("tensorrt", "fp16"), "tensorrt-int8": ("tensorrt", "int8")}
+# benchmark name -> (runtime backend, precision): every backend of the table at each of its
+# precisions; the plain name is its first precision (fp32), e.g. onnxruntime, onnxruntime-fp16
+RUNTIME_BACKENDS = {(b.name if i == 0 else f"{b.name}-{p}"): (b.name, p)
+                    for b in BACKENDS.values() for i, p in enumerate(b.precisions)}
 
 
 def peak_rss_reset() -> None:
@@ -71,7 +70,7 @@ def make_runner(name: str, build_dir: Path, triton_url: str | None = None) -> Ca
     if name not in RUNTIME_BACKENDS:
         raise EngineError(f"unknown benchmark backend '{name}'")
     backend, precision = RUNTIME_BACKENDS[name]
-    if backend == "tensorrt" and (reason := tensorrt_unavailable_reason()):
+    if reason := BACKENDS[backend].unavailable_reason():
         raise EngineError(reason)
     if backend == "triton":
         if not triton_url:
@@ -84,7 +83,7 @@ def main(
     profile: Annotated[str, typer.Option()] = "sentinel2-scd",
     size: Annotated[str, typer.Option()] = "tiny",
     backends: Annotated[str, typer.Option()] = ("eager,torch-compile,folded,compiled,onnxruntime,onnxruntime-fp16,"
-                                                "onnxruntime-int8,tensorrt,triton"),
+                                                "onnxruntime-int8,tensorrt-fp16,triton"),
     batch: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "1,4",
     rounds: Annotated[int, typer.Option(min=1)] = 10,
     warmup: Annotated[int, typer.Option(min=1)] = 2,
@@ -101,7 +100,7 @@ def main(
         names = [n for n in names if n not in ("torch-compile", "compiled")]
     bdir = build_dir or Path("build") / f"bench-{prof.name}-{size}"
     if not (bdir / "build_report.json").is_file():
-        build(prof, bdir, size=size, precisions=("fp32", "fp16", "int8"), max_batch=max(batches), console=console)
+        build_artifacts(prof, bdir, size=size, precisions=("fp32", "fp16", "int8"), max_batch=max(batches), console=console)
     report = json.loads((bdir / "build_report.json").read_text())
     fidelity = {(a["format"], a["precision"]): a["fidelity"]["argmax_agreement"] for a in report["artifacts"]}
 
@@ -150,7 +149,7 @@ def main(
             "backend": name, "precision": precision, "batch": b, "throughput": thr, "km2_per_s": thr * km2_per_tile,
             "latency_ms": {q: float(np.percentile(t, int(q[1:])) * 1000) for q in ("p50", "p90", "p99")},
             "peak_mem_mb": mem[name], "peak_mem_added_mb": added[name], "argmax_agreement": agreement[name],
-            "build_argmax_agreement": fidelity.get(("onnx" if backend == "onnxruntime" else backend, precision)),
+            "build_argmax_agreement": fidelity.get((BACKENDS[backend].artifact if backend in BACKENDS else None, precision)),
             "flops_per_tile": flops_per_tile, "achieved_gflops": thr * flops_per_tile / 1e9,
             "fraction_of_matmul_peak": thr * flops_per_tile / 1e9 / peak, "device": device, "rounds": rounds,
         })

@@ -45,9 +45,9 @@ def main(
     worker_scene: Annotated[Path | None, typer.Option(hidden=True)] = None,
 ) -> None:
     from stsun.atomic import atomic_write
-    from stsun.export.builder import build
+    from stsun.pipeline import build_artifacts
     from stsun.profiles import load_profile
-    from stsun.scenes import write_scene
+    from stsun.synthetic import write_scene
 
     prof = load_profile(profile)
     bdir = build_dir or Path("build") / f"bench-{prof.name}-tiny"
@@ -55,7 +55,7 @@ def main(
         print(json.dumps(worker(bdir, worker_scene, backend, worker_scene / "prediction.tif")))
         return
     if not (bdir / "build_report.json").is_file():
-        build(prof, bdir, size="tiny", precisions=("fp32", "fp16", "int8"), max_batch=4)
+        build_artifacts(prof, bdir, size="tiny", precisions=("fp32", "fp16", "int8"), max_batch=4)
     records = []
     for spec in sizes.split(","):
         width, height = (int(v) for v in (spec.split("x") if "x" in spec else (spec, spec)))

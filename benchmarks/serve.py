@@ -29,17 +29,17 @@ def main(
     import tritonclient.http as httpclient
 
     from stsun.atomic import atomic_write
-    from stsun.export.builder import build
+    from stsun.pipeline import build_artifacts
     from stsun.profiles import load_profile
     from stsun.runtime import load_engine
-    from stsun.runtime.server import TritonServer
-    from stsun.runtime.triton_repo import write_triton_repo
+    from stsun.runtime.serving.server import TritonServer
+    from stsun.runtime.serving.repository import write_triton_repo
     from stsun.synthetic import synthetic_tiles
 
     prof = load_profile(profile)
     bdir = build_dir or Path("build") / f"serve-{prof.name}"
     if not (bdir / "build_report.json").is_file():
-        build(prof, bdir, precisions=("fp32",), max_batch=8)
+        build_artifacts(prof, bdir, precisions=("fp32",), max_batch=8)
     x, _ = synthetic_tiles(prof, 1, seed=31)
     records = []
     with tempfile.TemporaryDirectory() as tmp:

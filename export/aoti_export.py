@@ -15,7 +15,7 @@ from torch._inductor import aoti_compile_and_package
 
 from stsun.profiles import Profile
 
-from .folding import FoldedSTSUN
+from stsun.model.folding import FoldedSTSUN
 
 
 def cpp_metadata(profile: Profile, extra: dict[str, str]) -> dict[str, str]:

@@ -1,7 +1,7 @@
 """python export/build_engine.py --profile sentinel2-scd [options]
 
 Fold, export, check and (where TensorRT exists) build engines for one profile. Exits 1 when
-a fidelity gate fails, 2 on bad arguments.
+a fidelity gate fails, 2 on bad arguments or any other expected failure (one line on stderr).
 """
 from __future__ import annotations
 
@@ -11,8 +11,7 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from stsun.checkpoint import CheckpointError
-from stsun.profiles import ProfileError, load_profile
+from stsun.precision import ONNX_PRECISIONS
 
 console = Console(stderr=True)
 
@@ -21,7 +20,8 @@ def build_command(
     profile: Annotated[str, typer.Option(help="Built-in profile name or a profile .toml file.")],
     checkpoint: Annotated[Optional[Path], typer.Option(help="safetensors checkpoint (default: the demo checkpoint).")] = None,
     size: Annotated[Optional[str], typer.Option(help="Model size (default: the checkpoint's, else the profile's).")] = None,
-    precision: Annotated[str, typer.Option(help="Comma-separated: fp32, fp16, int8 (int8: onnxruntime CPU).")] = "fp32,fp16",
+    precision: Annotated[str, typer.Option(help=f"Comma-separated ONNX precisions: {', '.join(ONNX_PRECISIONS)} "
+                                                "(int8: onnxruntime CPU).")] = "fp32,fp16",
     max_batch: Annotated[int, typer.Option(min=1, help="Largest batch the engines take.")] = 8,
     out: Annotated[Optional[Path], typer.Option(help="Build directory (default: build/<profile>).")] = None,
     calibrate_bn: Annotated[bool, typer.Option(help="Recalibrate the task's BatchNorm statistics on generated tiles "
@@ -32,25 +32,26 @@ def build_command(
                                                 "stsun::WindowAttention plugin, PTX for sm_80/sm_90).")] = "tensorrt",
 ) -> None:
     """Build deployable artifacts for one profile and check them against the eager model."""
-    from stsun.export.builder import build
+    from stsun.pipeline import build_artifacts
+    from stsun.profiles import load_profile
 
-    try:
-        prof = load_profile(profile)
-        precisions = tuple(p.strip() for p in precision.split(",") if p.strip())
-        report = build(prof, out or Path("build") / prof.name, checkpoint=checkpoint, size=size,
-                       precisions=precisions, max_batch=max_batch, calibrate_bn=calibrate_bn, cpp=cpp,
-                       attention=attention, console=console)
-    except (ProfileError, CheckpointError, ValueError) as err:
-        console.print(f"[bold red]error:[/] {err}", highlight=False)
-        raise typer.Exit(2)
+    prof = load_profile(profile)
+    out = out or Path("build") / prof.name
+    report = build_artifacts(prof, out, console=console, checkpoint=checkpoint, size=size,
+                             precisions=tuple(p.strip() for p in precision.split(",") if p.strip()),
+                             max_batch=max_batch, calibrate_bn=calibrate_bn, cpp=cpp, attention=attention)
     if not report["passed"]:
         console.print("[bold red]fidelity gate failed[/]: see build_report.json")
         raise typer.Exit(1)
-    console.print(f"[green]build passed[/]: {out or Path('build') / prof.name}/build_report.json")
+    console.print(f"[green]build passed[/]: {out}/build_report.json")
 
 
 def main() -> None:
-    typer.run(build_command)
+    from stsun.cli import StsunCommand
+
+    app = typer.Typer(add_completion=False)
+    app.command(cls=StsunCommand)(build_command)
+    app()
 
 
 if __name__ == "__main__":

@@ -18,19 +18,20 @@ from onnx.reference import ReferenceEvaluator
 from onnx.reference.op_run import OpRun
 
 from stsun.atomic import atomic_write
-from stsun.model.lgwa import window_attention_reference
+from stsun.graph_io import INPUT_NAME
+from stsun.kernels.contract import PLUGIN_NAME, PLUGIN_NAMESPACE, AttentionSpec
+from stsun.kernels.reference import window_attention_reference
 
-from .onnx_export import INPUT_NAME, read_metadata
-
-PLUGIN_OP = "WindowAttention"
+from .onnx_export import read_metadata
 
 
 class WindowAttention(OpRun):
-    op_domain = "stsun"
+    op_domain = PLUGIN_NAMESPACE
 
-    def _run(self, qkv, grid_h=None, grid_w=None, win_h=None, win_w=None, num_heads=None, head_dim=None,
-             scale=None, **_):  # plugin_namespace, plugin_version, aot: TensorRT's business
-        out = window_attention_reference(torch.from_numpy(qkv), (grid_h, grid_w), (win_h, win_w), num_heads, scale)
+    def _run(self, qkv, **attrs):  # plugin_namespace, plugin_version, aot: TensorRT's business
+        s = AttentionSpec.from_onnx_attributes(attrs, "fp32")
+        out = window_attention_reference(torch.from_numpy(qkv), (s.grid_h, s.grid_w), (s.win_h, s.win_w),
+                                         s.num_heads, attrs["scale"])
         return (out.numpy(),)
 
 
@@ -40,19 +41,16 @@ def run_with_reference(path: Path, x: np.ndarray) -> np.ndarray:
     return np.concatenate([evaluator.run(None, {INPUT_NAME: x[i:i + 1]})[0] for i in range(len(x))])
 
 
-def plugin_specs(paths: list[Path]) -> list:
+def plugin_specs(paths: list[Path]) -> list[AttentionSpec]:
     """The distinct kernel specialisations plugin ONNX files need (one per window shape and dtype)."""
-    from stsun.kernels.aot import AttentionSpec  # needs triton; plain builds do not
-
     specs = []
     for path in paths:
         dtype = read_metadata(path)["precision"]  # the fp16 graph runs every plugin node in fp16
         for node in onnx.load(str(path)).graph.node:
-            if node.op_type != PLUGIN_OP:
+            if node.op_type != PLUGIN_NAME:
                 continue
             a = {att.name: onnx.helper.get_attribute_value(att) for att in node.attribute}
-            spec = AttentionSpec(a["grid_h"], a["grid_w"], a["win_h"], a["win_w"], a["num_heads"], a["head_dim"],
-                                 float(np.float32(a["scale"])), dtype)  # TensorRT passes the scale as float32
+            spec = AttentionSpec.from_onnx_attributes(a, dtype)
             if spec not in specs:
                 specs.append(spec)
     return specs

@@ -38,38 +38,19 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
+from stsun.errors import AotError
+from stsun.precision import KERNEL_PRECISIONS
+
+from .contract import AttentionSpec
 from .window_kernel import LOG2E, Launch, _window_attention_fwd
 
-DTYPES = ("fp32", "fp16", "bf16")
 SHARED_LIMIT = 48 * 1024
 PTX_ISA = 80
 ARCHS = (80, 90)  # sm_80 (A100) and sm_90a (H100/H200); any other >= 80 compiles on request
 
 
-class AotError(RuntimeError):
-    """The kernel cannot be built for TensorRT as asked."""
-
-
-@dataclass(frozen=True)
-class AttentionSpec:
-    """One LGWA attention node of an exported model: what its plugin kernel is specialised on."""
-
-    grid_h: int
-    grid_w: int
-    win_h: int
-    win_w: int
-    num_heads: int
-    head_dim: int
-    scale: float
-    dtype: str = "fp16"
-
-    @property
-    def launch(self) -> Launch:
-        return Launch.of((self.grid_h, self.grid_w), (self.win_h, self.win_w), self.num_heads, self.head_dim)
-
-    @property
-    def tag(self) -> str:
-        return f"g{self.grid_h}x{self.grid_w}_w{self.win_h}x{self.win_w}_h{self.num_heads}x{self.head_dim}_{self.dtype}"
+def launch_of(spec: AttentionSpec) -> Launch:
+    return Launch.of((spec.grid_h, spec.grid_w), (spec.win_h, spec.win_w), spec.num_heads, spec.head_dim)
 
 
 @dataclass(frozen=True)
@@ -117,8 +98,8 @@ def _drop_scratch_params(ptx: str, n_keep: int) -> str:
 
 
 def _check(spec: AttentionSpec, arch: int) -> None:
-    if spec.dtype not in DTYPES:
-        raise AotError(f"dtype must be one of {DTYPES}, got {spec.dtype!r}")
+    if spec.dtype not in KERNEL_PRECISIONS:
+        raise AotError(f"dtype must be one of {KERNEL_PRECISIONS}, got {spec.dtype!r}")
     if arch < 80:
         raise AotError(f"sm_{arch} is not supported: the kernel needs sm_80 or newer")
 
@@ -126,7 +107,7 @@ def _check(spec: AttentionSpec, arch: int) -> None:
 def _compile_here(spec: AttentionSpec, arch: int) -> AotKernel:
     """Compile in this process; only correct where TRITON_INTERPRET is off (the child below)."""
     _check(spec, arch)
-    launch = spec.launch
+    launch = launch_of(spec)
     fn = _window_attention_fwd
     names = fn.arg_names
     constants = {"qk_scale": spec.scale * LOG2E, **launch.constexprs()}
@@ -221,7 +202,7 @@ def assemble(kernel: AotKernel) -> dict:
 
 
 __all__ = ["ARCHS", "AotError", "AotKernel", "AttentionSpec", "assemble", "compile_many", "compile_ptx", "entry_params",
-           "ptx_isa"]
+           "launch_of", "ptx_isa"]
 
 if __name__ == "__main__":
     _serve_child()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from stsun.model.lgwa import window_attention_reference
+from .reference import window_attention_reference
 
 
 @torch.library.custom_op("stsun::window_attention", mutates_args=())

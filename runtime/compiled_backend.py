@@ -5,14 +5,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from stsun.export.folding import fold
+from stsun.errors import EngineError
 from stsun.model import STSUN
+from stsun.model.folding import fold
+from stsun.precision import precision as precision_spec
 from stsun.profiles import Profile
 
-from .engine import BuildDir, Engine, EngineError
+from .engine import BuildDir, Engine
 from .torch_backends import checkpoint_model
-
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 class CompiledEngine(Engine):
@@ -23,12 +23,13 @@ class CompiledEngine(Engine):
         super().__init__(profile, max_batch)
         self._device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         precision = precision or ("bf16" if self._device == "cuda" else "fp32")
-        if precision not in DTYPES:
-            raise EngineError(f"compiled backend precision must be one of {list(DTYPES)}, got {precision}")
+        dtype = precision_spec(precision).torch_dtype
+        if dtype is None:
+            raise EngineError(f"the compiled backend computes in a torch dtype; {precision} is not one")
         if self._device == "cpu" and precision != "fp32":
             raise EngineError("the compiled backend runs fp16/bf16 on a GPU only; use fp32 on CPU")
         self._precision = precision
-        self.dtype = DTYPES[precision]
+        self.dtype = dtype
         module = fold(model.eval(), profile).to(device=self._device, dtype=self.dtype)
         mode = "reduce-overhead" if self._device == "cuda" else "default"
         self.module = torch.compile(module, mode=mode, dynamic=False)

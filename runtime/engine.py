@@ -13,14 +13,11 @@ from typing import ClassVar
 
 import numpy as np
 
+from stsun.errors import EngineError
 from stsun.profiles import Profile, profile_from_dict
 from stsun.validation import InputError, check_tiles
 
 REPORT_NAME = "build_report.json"
-
-
-class EngineError(RuntimeError):
-    """An engine or build directory cannot be loaded or run."""
 
 
 class Engine(ABC):
@@ -82,15 +79,15 @@ class BuildDir:
                           f"Rebuild with --precision {precision}.")
 
 
-def load_engine(path: str | Path, backend: str = "onnxruntime", precision: str = "fp32", **options) -> Engine:
-    """Open a build directory with one backend.
+def load_engine(path: str | Path, backend: str = "onnxruntime", precision: str | None = None, **options) -> Engine:
+    """Open a build directory with one backend of ``stsun.runtime.backends.BACKENDS`` (eager,
+    folded, compiled, onnxruntime, tensorrt, triton). ``precision`` picks the artifact or compute
+    precision among the backend's (default: fp32; ``compiled``: bf16 on a GPU)."""
+    from .backends import backend as find  # the table imports every backend module
 
-    backend: ``eager`` (dynamic model, hypernetworks every call), ``folded`` (PyTorch),
-    ``onnxruntime`` (TensorRT, CUDA or CPU execution provider, whichever exist),
-    ``tensorrt`` (native engine). ``precision`` picks the artifact (fp32, fp16, int8).
-    """
-    from . import BACKENDS  # the registry imports the backend modules
-
-    if backend not in BACKENDS:
-        raise EngineError(f"unknown backend '{backend}'; choose one of {', '.join(BACKENDS)}")
-    return BACKENDS[backend].open(BuildDir(path), precision=precision, **options)
+    spec = find(backend)
+    if precision is not None and precision not in spec.precisions:
+        raise EngineError(f"the {backend} backend runs in {' / '.join(spec.precisions)} only, not {precision}")
+    if precision is not None:
+        options["precision"] = precision
+    return spec.engine.open(BuildDir(path), **options)

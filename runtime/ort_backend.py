@@ -7,9 +7,11 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from stsun.errors import EngineError
+from stsun.graph_io import INPUT_NAME
 from stsun.profiles import Profile, profile_from_dict
 
-from .engine import BuildDir, Engine, EngineError
+from .engine import BuildDir, Engine
 
 PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 
@@ -57,4 +59,4 @@ class OnnxRuntimeEngine(Engine):
         return self._precision
 
     def _run(self, x: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {"x": x})[0]
+        return self.session.run(None, {INPUT_NAME: x})[0]

@@ -20,26 +20,16 @@ import numpy as np
 from tqdm import tqdm
 
 from stsun.atomic import atomic_path, atomic_write
-from stsun.export.fidelity import predicted_classes
+from stsun.classmaps import CHANGE_COLOURS, class_colours, predicted_classes
+from stsun.errors import SceneError
 
 from .engine import Engine
-
-# Change masks: no change black, change red.
-CHANGE_COLOURS = [(0, 0, 0), (230, 30, 30)]
-# Colours for class maps (RGB), in class order.
-PALETTE = [(214, 60, 60), (240, 208, 80), (46, 139, 58), (127, 200, 192), (160, 120, 90), (44, 95, 191),
-           (150, 150, 150), (230, 140, 30), (120, 60, 160), (30, 200, 90), (250, 250, 250), (90, 90, 30)]
-
-
-class SceneError(ValueError):
-    """The input scene does not fit the profile, or the dates do not fit each other."""
-
 
 @dataclass
 class SceneOptions:
     overlap: int | None = None      # pixels shared by neighbouring tiles (default: tile / 4)
     align: bool = False             # reproject later dates onto the first date's grid
-    dn_offset: float = 0.0          # added to raw values before the profile's scaling
+    dn_offset: float | None = None  # added to raw values before scaling (default: the profile's)
     probabilities: bool = False     # also write OUT.probs.tif (float32)
     progress: bool = True
 
@@ -167,7 +157,8 @@ def predict_scene(engine: Engine, dates: list[str | Path], out: str | Path, opti
         wsum = np.zeros((tile, width + pad_w), np.float32)
         acc_top = 0  # scene row held by accumulator row 0
         for ri, y0 in enumerate(rows):
-            strip, valid = read_strip(readers, p, y0, tile, width, height, pad_w, options.dn_offset)
+            dn_offset = p.scaling.dn_offset if options.dn_offset is None else options.dn_offset
+            strip, valid = read_strip(readers, p, y0, tile, width, height, pad_w, dn_offset)
             shift = y0 - acc_top
             if shift:  # rows above y0 are final: roll the accumulator up
                 acc[:, :, :-shift], acc[:, :, -shift:] = acc[:, :, shift:].copy(), 0
@@ -190,7 +181,7 @@ def predict_scene(engine: Engine, dates: list[str | Path], out: str | Path, opti
         dst.update_tags(profile=p.name, task=p.task, classes=",".join(p.classes), backend=engine.backend,
                         encoding=__doc__.split("Output bands by task")[1].strip())
         if p.task != "bcd":
-            dst.write_colormap(1, {i: (*PALETTE[i % len(PALETTE)], 255) for i in range(max(p.c_out, 2))})
+            dst.write_colormap(1, {i: (*c, 255) for i, c in enumerate(class_colours(p.c_out))})
         else:
             dst.write_colormap(1, {i: (*c, 255) for i, c in enumerate(CHANGE_COLOURS)})
         for b in range(count):
@@ -236,11 +227,8 @@ def write_rows(dst, probs_dst, acc: np.ndarray, wsum: np.ndarray, valid: np.ndar
         probs_dst.write(probs.astype(np.float32), window=window)
 
 
-RGB_BANDS = (("B4", "B3", "B2"), ("red", "green", "blue"))
-
-
 def preview(dates: list[str | Path], prediction: str | Path, path: str | Path, profile, max_px: int = 1024) -> Path:
-    """A PNG overview: each date's RGB (when the profile has red/green/blue bands), the
+    """A PNG overview: each date's RGB (the profile's ``rgb_bands``, when it names them), the
     predicted maps and, for SCD, the from-to change. Reads are decimated to ``max_px``."""
     import matplotlib
 
@@ -255,16 +243,15 @@ def preview(dates: list[str | Path], prediction: str | Path, path: str | Path, p
         bands = src.read(out_shape=(src.count, *shape), resampling=rasterio.enums.Resampling.nearest)
         nodata = src.nodata
     panels = []
-    rgb_names = next((n for n in RGB_BANDS if set(n) <= set(profile.band_names)), None)
     for t, d in enumerate(dates):
-        if rgb_names:
+        if profile.rgb_bands:
             with rasterio.open(d) as src:
                 order = band_order(src.descriptions, profile.band_names, str(d))
-                idx = [order[profile.band_names.index(b)] + 1 for b in rgb_names]
+                idx = [order[profile.band_names.index(b)] + 1 for b in profile.rgb_bands]
                 rgb = src.read(idx, out_shape=(3, *shape)).astype(np.float32) * profile.scaling.scale + profile.scaling.offset
             panels.append((f"date {t + 1}: RGB", np.clip(rgb.transpose(1, 2, 0) * 3.5, 0, 1), None))
     n_maps = profile.t_out
-    classes_cmap = ListedColormap([np.array(c) / 255 for c in PALETTE[:max(profile.c_out, 2)]])
+    classes_cmap = ListedColormap([np.array(c) / 255 for c in class_colours(profile.c_out)])
     change_cmap = ListedColormap([np.array(c) / 255 for c in CHANGE_COLOURS])
     for b in range(n_maps):
         title = band_name(profile, b).replace("_", " ")

@@ -5,11 +5,12 @@ import numpy as np
 import torch
 
 from stsun.checkpoint import file_sha256, load_checkpoint
-from stsun.export.folding import fold
+from stsun.errors import EngineError
 from stsun.model import STSUN, Metadata
+from stsun.model.folding import fold
 from stsun.profiles import Profile
 
-from .engine import BuildDir, Engine, EngineError
+from .engine import BuildDir, Engine
 
 
 def checkpoint_model(build: BuildDir) -> STSUN:
@@ -25,9 +26,6 @@ class Fp32TorchEngine(Engine):
 
     @classmethod
     def open(cls, build: BuildDir, precision: str = "fp32") -> "Fp32TorchEngine":
-        if precision != "fp32":
-            raise EngineError(f"the {cls.backend} backend runs in fp32 only "
-                              "(use onnxruntime, compiled or tensorrt for fp16/int8)")
         return cls(checkpoint_model(build), build.profile, build.max_batch)
 
 

@@ -10,14 +10,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from stsun.atomic import atomic_write
+from stsun.errors import CheckpointError
 from stsun.model import STSUN, ModelConfig, model_config
 
 # The trained demo checkpoint, once committed, lives here and is the default everywhere.
 DEMO_CHECKPOINT = Path(__file__).with_name("weights") / "stsun-tiny-demo.safetensors"
-
-
-class CheckpointError(ValueError):
-    pass
 
 
 def config_path(weights: Path) -> Path:

@@ -2,27 +2,59 @@
 from __future__ import annotations
 
 import json
+import textwrap
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
-from rich.table import Table
+from typer.core import TyperCommand, TyperGroup
 
-from stsun.profiles import ProfileError, builtin_profiles, load_profile
+from stsun.errors import StsunError
+from stsun.precision import PRECISIONS
+from stsun.profiles import builtin_profiles, load_profile
 
-app = typer.Typer(help="STSUN deployment runtime.", no_args_is_help=True, add_completion=False)
 console = Console()
+errors = Console(stderr=True)
+
+
+class _OneLineErrors:
+    """An expected failure (StsunError) ends the command with one line on stderr and exit 2;
+    anything else is a bug and keeps its traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except StsunError as err:
+            errors.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+
+class StsunGroup(_OneLineErrors, TyperGroup):
+    pass
+
+
+class StsunCommand(_OneLineErrors, TyperCommand):
+    pass
+
+
+app = typer.Typer(help="STSUN deployment runtime.", no_args_is_help=True, add_completion=False, cls=StsunGroup)
+
+
+def main() -> None:
+    """The ``stsun`` entry point."""
+    app()
 
 
 @app.callback()
-def main() -> None:
+def _root() -> None:
     """STSUN deployment runtime: profiles, export, inference, serving."""
 
 
-def fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}", highlight=False)
-    raise typer.Exit(2)
+def _backend_help() -> str:
+    from stsun.runtime.backends import BACKENDS
+
+    return f"One of: {', '.join(BACKENDS)} (see stsun.runtime.backends)."
 
 
 @app.command()
@@ -31,21 +63,22 @@ def profiles(
     extra: Annotated[Optional[list[Path]], typer.Option("--file", help="Also show these profile files.")] = None,
 ) -> None:
     """List the deployment profiles (built-in, plus any --file)."""
-    try:
-        items = builtin_profiles() + [load_profile(p) for p in extra or []]
-    except ProfileError as err:
-        fail(str(err))
+    items = builtin_profiles() + [load_profile(p) for p in extra or []]
     if as_json:
         print(json.dumps([p.summary() for p in items], indent=2))
         return
-    table = Table(title="STSUN profiles")
-    table.add_column("name", no_wrap=True)
-    for col in ("task", "sensor", "bands", "GSD m", "tile", "T_in", "T_out", "classes"):
-        table.add_column(col)
-    for p in items:
-        table.add_row(p.name, p.task, p.sensor, str(p.c_in), f"{p.gsd_m:g}", str(p.tile_size),
-                      str(p.t_in), str(p.t_out), f"{p.c_out}: {', '.join(p.classes)}")
-    console.print(table)
+    # One line of facts per profile (fits 80 columns), its classes wrapped beneath it.
+    rows = [(p.name, p.task, p.sensor, f"{p.c_in} x {p.gsd_m:g} m", str(p.tile_size), f"{p.t_in}->{p.t_out}")
+            for p in items]
+    header = ("name", "task", "sensor", "bands x GSD", "tile", "dates")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    line = "  ".join(f"{{:<{w}}}" for w in widths)
+    console.print(line.format(*header), style="bold", highlight=False)
+    for p, row in zip(items, rows):
+        console.print(line.format(*row), highlight=False)
+        classes = f"{p.c_out} class{'es' if p.c_out > 1 else ''}: {', '.join(p.classes)}"
+        console.print(textwrap.fill(classes, min(console.width, 100), initial_indent="    ",
+                                    subsequent_indent="      "), highlight=False)
 
 
 @app.command()
@@ -65,10 +98,7 @@ def train(
     from stsun.checkpoint import save_checkpoint
     from stsun.train import train as run_training
 
-    try:
-        profs = [load_profile(p.strip()) for p in profiles_.split(",")]
-    except ProfileError as err:
-        fail(str(err))
+    profs = [load_profile(p.strip()) for p in profiles_.split(",")]
     model, info = run_training(profs, size=size, steps=steps, batch=batch, lr=lr, seed=seed, time_limit_s=time_limit)
     info["command"] = "stsun " + " ".join(sys.argv[1:])
     path = save_checkpoint(model, out, extra={"training": info})
@@ -84,13 +114,10 @@ def evaluate(
 ) -> None:
     """F1 / IoU / OA per task and profile on held-out synthetic scenes, with trivial baselines."""
     from stsun.atomic import atomic_write
-    from stsun.checkpoint import CheckpointError, load_model
+    from stsun.checkpoint import load_model
     from stsun.evaluate import demo_figure, evaluate as run_eval, markdown_table
 
-    try:
-        model = load_model(checkpoint)
-    except CheckpointError as err:
-        fail(str(err))
+    model = load_model(checkpoint)
     results = run_eval(model, tiles=tiles)
     table = markdown_table(results)
     print(table)
@@ -107,28 +134,28 @@ def predict(
     output: Annotated[Path, typer.Option("-o", "--output", help="Output GeoTIFF.")],
     engine_dir: Annotated[Path, typer.Option("--engine", help="Build directory from build_engine.py.")],
     profile: Annotated[Optional[str], typer.Option(help="Expected profile (checked against the build).")] = None,
-    backend: Annotated[str, typer.Option(help="eager, folded, onnxruntime or tensorrt.")] = "onnxruntime",
-    precision: Annotated[str, typer.Option(help="Artifact precision: fp32, fp16, int8.")] = "fp32",
+    backend: Annotated[str, typer.Option(help=_backend_help())] = "onnxruntime",
+    precision: Annotated[Optional[str], typer.Option(help=f"One of the backend's precisions ({', '.join(PRECISIONS)}; "
+                                                          "default fp32, compiled on a GPU bf16).")] = None,
     overlap: Annotated[Optional[int], typer.Option(help="Tile overlap in pixels (default: tile / 4).")] = None,
     align: Annotated[bool, typer.Option(help="Reproject later dates onto the first date's grid.")] = False,
-    dn_offset: Annotated[float, typer.Option(help="Added to raw values before scaling (Sentinel-2 baseline >= 04.00: -1000).")] = 0.0,
+    dn_offset: Annotated[Optional[float], typer.Option(help="Added to raw values before scaling (default: the profile's "
+                                                            "scaling.dn_offset; Sentinel-2 baseline >= 04.00: -1000).")] = None,
     probabilities: Annotated[bool, typer.Option(help="Also write OUTPUT.probs.tif (float32).")] = False,
     preview: Annotated[Optional[Path], typer.Option(help="Also write a PNG overview of inputs and maps.")] = None,
 ) -> None:
     """Whole-scene inference: tiled, blended and streamed into a georeferenced GeoTIFF."""
-    from stsun.runtime import EngineError, load_engine
-    from stsun.runtime.scene import SceneError, SceneOptions, predict_scene, preview as write_preview
+    from stsun.errors import EngineError
+    from stsun.runtime import load_engine
+    from stsun.runtime.scene import SceneOptions, predict_scene, preview as write_preview
 
-    try:
-        engine = load_engine(engine_dir, backend=backend, precision=precision)
-        if profile and load_profile(profile).name != engine.profile.name:
-            fail(f"{engine_dir} was built for profile '{engine.profile.name}', not '{profile}'")
-        predict_scene(engine, list(dates), output, SceneOptions(overlap=overlap, align=align, dn_offset=dn_offset,
-                                                                probabilities=probabilities))
-        if preview:
-            write_preview(list(dates), output, preview, engine.profile)
-    except (EngineError, SceneError, ProfileError) as err:
-        fail(str(err))
+    engine = load_engine(engine_dir, backend=backend, precision=precision)
+    if profile and load_profile(profile).name != engine.profile.name:
+        raise EngineError(f"{engine_dir} was built for profile '{engine.profile.name}', not '{profile}'")
+    predict_scene(engine, list(dates), output, SceneOptions(overlap=overlap, align=align, dn_offset=dn_offset,
+                                                            probabilities=probabilities))
+    if preview:
+        write_preview(list(dates), output, preview, engine.profile)
     console.print(f"wrote {output}")
 
 
@@ -141,14 +168,11 @@ def calibrate_bn(
     """Recompute per-task BatchNorm statistics on unlabeled generated tiles of the given profiles."""
     import sys
 
-    from stsun.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+    from stsun.checkpoint import load_checkpoint, save_checkpoint
     from stsun.train import calibrate_batchnorm
 
-    try:
-        model, meta = load_checkpoint(checkpoint)
-        profs = [load_profile(p.strip()) for p in profiles_.split(",")]
-    except (CheckpointError, ProfileError) as err:
-        fail(str(err))
+    model, meta = load_checkpoint(checkpoint)
+    profs = [load_profile(p.strip()) for p in profiles_.split(",")]
     info = calibrate_batchnorm(model, profs)
     info["command"] = "stsun " + " ".join(sys.argv[1:])
     extra = {k: v for k, v in meta.items() if k not in ("format", "config")}
@@ -164,13 +188,9 @@ def triton_repo(
     precision: Annotated[str, typer.Option(help="Which ONNX artifact the models serve.")] = "fp32",
 ) -> None:
     """Write this build's Triton models (python, onnxruntime_onnx, tensorrt_plan flavours)."""
-    from stsun.runtime import EngineError
-    from stsun.runtime.triton_repo import write_triton_repo
+    from stsun.runtime.serving.repository import write_triton_repo
 
-    try:
-        names = write_triton_repo(build_dir, repo, precision)
-    except EngineError as err:
-        fail(str(err))
+    names = write_triton_repo(build_dir, repo, precision)
     console.print(f"wrote {', '.join(names)} into {repo}")
 
 
@@ -185,13 +205,11 @@ def serve(
     import signal
     import threading
 
-    from stsun.runtime.server import ServerError, TritonServer
+    from stsun.errors import ServerError
+    from stsun.runtime.serving.server import TritonServer
 
     server = TritonServer(repo, http_port, grpc_port, metrics_port)
-    try:
-        server.start()
-    except ServerError as err:
-        fail(str(err))
+    server.start()
     console.print(f"serving {', '.join(server.models)}: http://{server.http_url}  grpc://{server.grpc_url}  "
                   f"metrics http://127.0.0.1:{metrics_port}/metrics  (Ctrl-C to stop)")
     stop = threading.Event()
@@ -199,7 +217,7 @@ def serve(
         signal.signal(sig, lambda *_: stop.set())
     while not stop.wait(1.0):
         if server.proc.poll() is not None:
-            fail(f"tritonserver exited with code {server.proc.returncode}")
+            raise ServerError(f"tritonserver exited with code {server.proc.returncode}")
     server.stop()
     console.print("stopped")
 
@@ -213,4 +231,4 @@ def _register_build() -> None:
 _register_build()
 
 if __name__ == "__main__":
-    app()
+    main()

@@ -7,11 +7,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stsun.export.fidelity import predicted_classes
+from stsun.classmaps import class_colours, predicted_classes
 from stsun.metrics import confusion, scores
 from stsun.model import STSUN, Metadata
 from stsun.profiles import Profile, load_profile
-from stsun.runtime.scene import PALETTE
 from stsun.synthetic import synthetic_tiles
 from stsun.train import calibrate_batchnorm, change_targets, targets
 
@@ -97,8 +96,8 @@ def demo_figure(model: STSUN, path: Path, profile_name: str = "sentinel2-scd") -
     profile = load_profile(profile_name)
     x, labels = synthetic_tiles(profile, 1, seed=EVAL_SEED + 1)
     pred = predict(model, profile, x)
-    rgb_idx = [profile.band_names.index(b) for b in ("B4", "B3", "B2")]
-    cmap = ListedColormap([np.array(c) / 255 for c in PALETTE[: profile.c_out]])
+    rgb_idx = [profile.band_names.index(b) for b in profile.rgb_bands]
+    cmap = ListedColormap([np.array(c) / 255 for c in class_colours(profile.c_out)[: profile.c_out]])
     fig, axes = plt.subplots(profile.t_in, 3, figsize=(9, 3 * profile.t_in))
     for t in range(profile.t_in):
         rgb = np.clip(x[0, t, rgb_idx].transpose(1, 2, 0) * 3.5, 0, 1)

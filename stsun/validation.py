@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-
-class InputError(ValueError):
-    """The input does not match what the profile or model expects."""
+from stsun.errors import InputError
 
 
 def check_tiles(x, *, t_in: int, c_in: int, tile_size: int | None, allowed_dtypes: tuple[str, ...],

@@ -8,7 +8,7 @@ import pytest
 import torch.utils
 
 from stsun import load_profile
-from stsun.export.builder import build
+from stsun.pipeline import build_artifacts
 from stsun.runtime import load_engine
 from stsun.runtime.cpp_io import read_tensor, write_tensor
 from stsun.synthetic import synthetic_tiles
@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.own_process,  # loads a compiled AOTInductor package i
 @pytest.fixture(scope="module")
 def cpp_build(tmp_path_factory):
     root = tmp_path_factory.mktemp("cpp")
-    report = build(load_profile("sentinel2-bcd"), root / "build", precisions=("fp32",), max_batch=4,
+    report = build_artifacts(load_profile("sentinel2-bcd"), root / "build", precisions=("fp32",), max_batch=4,
                    fidelity_tiles=2, cpp=True)
     aoti = next(a for a in report["artifacts"] if a["name"] == "aoti-fp32")
     assert aoti["fidelity"]["gate"]["passed"], aoti["fidelity"]

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -6,10 +7,10 @@ import pytest
 import torch
 
 from stsun import InputError, Metadata, load_profile
-from stsun.export.builder import build
-from stsun.export.folding import fold
+from stsun.pipeline import build_artifacts
+from stsun.model.folding import fold
 from stsun.export.onnx_export import read_metadata
-from stsun.export.trt_compat import check_tensorrt_compat
+from stsun.export.trt.compat import check_compat
 from stsun.profiles import builtin_profile_names
 from stsun.runtime import EngineError, OnnxRuntimeEngine, load_engine
 from stsun.synthetic import synthetic_tiles
@@ -37,7 +38,7 @@ def test_fold_requires_eval_mode():
 @pytest.fixture(scope="module")
 def s2_build(tmp_path_factory):
     out = tmp_path_factory.mktemp("build") / "sentinel2-scd"
-    report = build(load_profile("sentinel2-scd"), out, size="tiny", precisions=("fp32", "fp16", "int8"),
+    report = build_artifacts(load_profile("sentinel2-scd"), out, size="tiny", precisions=("fp32", "fp16", "int8"),
                    max_batch=4, fidelity_tiles=2, calibration_tiles=4)
     return out, report
 
@@ -46,6 +47,9 @@ def test_build_report(s2_build):
     out, report = s2_build
     on_disk = json.loads((out / "build_report.json").read_text())
     assert on_disk == report
+    # the validated options the build ran with are part of the report
+    assert report["options"]["precisions"] == ["fp32", "fp16", "int8"] and report["options"]["max_batch"] == 4
+    assert report["options"]["attention"] == "tensorrt" and report["options"]["checkpoint"] is None
     names = {a["name"]: a for a in report["artifacts"]}
     assert {"folded", "onnx-fp32", "onnx-fp16", "onnx-int8"} <= set(names)
     for name in ("folded", "onnx-fp32"):
@@ -141,7 +145,7 @@ def test_compat_check_flags_problems(s2_build, tmp_path):
     model = onnx.load(str(out / "model.fp32.onnx"))
     model.graph.node[0].op_type = "Unique"
     model.graph.input[0].type.tensor_type.shape.dim[3].dim_param = "height"
-    report = check_tensorrt_compat(model)
+    report = check_compat(model)
     assert not report.compatible
     assert any("Unique" in p for p in report.problems)
     assert any("only axis 0 (batch) may be dynamic" in p for p in report.problems)
@@ -173,8 +177,25 @@ def test_build_cli_bad_arguments(tmp_path):
     assert res.exit_code == 2 and "unknown precision" in res.output
 
 
+def test_build_script_expected_failures_are_one_line_on_stderr(tmp_path):
+    """The script as users run it: an invalid option combination is one `error:` line on stderr,
+    exit 2, no traceback, and nothing computed or written."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "b"
+    res = subprocess.run([sys.executable, str(root / "export" / "build_engine.py"), "--profile", "sentinel2-bcd",
+                          "--attention", "plugin", "--precision", "fp32,int8", "--out", str(out)],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and res.stdout == ""
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: invalid build options") and "int8" in lines[0]
+    assert "Traceback" not in res.stderr and not out.exists()
+
+
 def test_sentinel2_scd_builds_at_base_size(tmp_path):
-    report = build(load_profile("sentinel2-scd"), tmp_path / "base", size="base", precisions=("fp32",),
+    report = build_artifacts(load_profile("sentinel2-scd"), tmp_path / "base", size="base", precisions=("fp32",),
                    max_batch=2, fidelity_tiles=2)
     assert report["model_size"] == "base" and report["passed"]
     f = next(a for a in report["artifacts"] if a["name"] == "onnx-fp32")["fidelity"]
@@ -198,8 +219,8 @@ def test_attention_plugin_export(tiny_model, tmp_path):
     # TensorRT hands the attributes to the plugin in its registered order
     assert [a.name for a in nodes[0].attribute][:7] == ["grid_h", "grid_w", "win_h", "win_w", "num_heads",
                                                         "head_dim", "scale"]
-    assert not check_tensorrt_compat(model).compatible  # unknown op without the plugin...
-    assert check_tensorrt_compat(model, plugin_ops=("WindowAttention",)).compatible  # ...fine with it
+    assert not check_compat(model).compatible  # unknown op without the plugin...
+    assert check_compat(model, plugin_ops=("WindowAttention",)).compatible  # ...fine with it
     # the normal export is untouched afterwards
     plain = onnx.load(str(export_fp32(fold(tiny_model, p), p, tmp_path / "plain.onnx", {})))
     assert "WindowAttention" not in {n.op_type for n in plain.graph.node}

@@ -11,7 +11,7 @@ pytestmark = pytest.mark.own_process  # runs kernels under the Triton interprete
 
 from stsun.kernels import window_attention  # noqa: E402
 from stsun.kernels.ops import window_attention_op  # noqa: E402
-from stsun.model.lgwa import window_attention_reference  # noqa: E402
+from stsun.kernels.reference import window_attention_reference  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # On a GPU fp32 tl.dot uses tf32: looser there.

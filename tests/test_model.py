@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from stsun import InputError, Metadata, load_profile
-from stsun.model.lgwa import window_attention_reference
+from stsun.kernels.reference import window_attention_reference
 from stsun.profiles import builtin_profile_names
 
 from conftest import random_model

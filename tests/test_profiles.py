@@ -56,7 +56,8 @@ def test_user_profile_file(tmp_path):
 
 @pytest.mark.parametrize("edit, field", [
     (("gsd_m = 2.0", "gsd_m = -2.0"), "gsd_m"),
-    (("wavelength_nm = 840", "wavelength_nm = 40"), "bands.1.wavelength_nm"),
+    (("wavelength_nm = 840", "wavelength_nm = -40"), "bands.1.wavelength_nm"),
+    (("classes = [\"change\"]", "classes = [\"change\"]\nrgb_bands = [\"red\", \"nir\", \"blue\"]"), "rgb_bands"),
     (("task = \"bcd\"", "task = \"detect\""), "task"),
     (("tile_size = 512", "tile_size = 300"), "tile_size must be a multiple of 256"),
     (("t_in = 3", "t_in = 3\nt_out = 3"), "t_out must be 2"),
@@ -86,3 +87,24 @@ def test_cli_profiles_json(tmp_path):
 def test_cli_profiles_bad_file_exit_code(tmp_path):
     res = CliRunner().invoke(app, ["profiles", "--file", str(write(tmp_path, GOOD.replace("gsd_m = 2.0", "")))])
     assert res.exit_code == 2 and "gsd_m" in res.output
+
+
+def test_sensor_facts_live_in_the_profile(tmp_path):
+    """A radar band is a band like any other (no optical-only wavelength limit); the RGB preview
+    bands and the DN offset are profile fields."""
+    sar = GOOD.replace('name = "nir"\nwavelength_nm = 840', 'name = "VV"\nwavelength_nm = 55465763')
+    p = load_profile(write(tmp_path, sar))
+    assert p.wavelengths_nm == (650.0, 55465763.0) and p.rgb_bands is None and p.scaling.dn_offset == 0.0
+    s2 = load_profile("sentinel2-scd")
+    assert s2.rgb_bands == ("B4", "B3", "B2") and load_profile("whu-ss").rgb_bands == ("red", "green", "blue")
+
+
+def test_cli_profiles_fit_80_columns():
+    res = CliRunner().invoke(app, ["profiles"], env={"COLUMNS": "80"}, terminal_width=80)
+    assert res.exit_code == 0
+    lines = res.output.splitlines()
+    assert max(len(line.rstrip()) for line in lines) <= 80
+    text = " ".join(line.strip() for line in lines)
+    for name in builtin_profile_names():  # every name and every class name whole, none cut short
+        assert name in text
+        assert all(c in text for c in load_profile(name).classes)

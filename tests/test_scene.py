@@ -2,19 +2,19 @@ import numpy as np
 import pytest
 
 from stsun import load_profile
-from stsun.export.builder import build
-from stsun.export.fidelity import predicted_classes
+from stsun.pipeline import build_artifacts
+from stsun.classmaps import predicted_classes
 from stsun.runtime import load_engine
 
 rasterio = pytest.importorskip("rasterio", reason="the geo extra (rasterio) is not installed")
 from stsun.runtime.scene import SceneError, SceneOptions, predict_scene  # noqa: E402
-from stsun.scenes import write_scene  # noqa: E402
+from stsun.synthetic import write_scene  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def scd_build(tmp_path_factory):
     out = tmp_path_factory.mktemp("scene") / "build"
-    build(load_profile("sentinel2-scd"), out, precisions=("fp32",), max_batch=4, fidelity_tiles=1)
+    build_artifacts(load_profile("sentinel2-scd"), out, precisions=("fp32",), max_batch=4, fidelity_tiles=1)
     return out
 
 

@@ -7,8 +7,8 @@ import onnx
 import pytest
 
 from stsun import load_profile
-from stsun.export.builder import build
-from stsun.export.tensorrt_build import tensorrt_unavailable_reason
+from stsun.pipeline import build_artifacts
+from stsun.export.trt.env import unavailable_reason as tensorrt_unavailable_reason
 from stsun.kernels.aot import AotError, AttentionSpec, assemble, compile_many, compile_ptx, entry_params, ptx_isa
 
 pytestmark = pytest.mark.own_process  # Triton: interpreted kernels beside ahead-of-time builds
@@ -64,7 +64,7 @@ def test_plugin_module_keeps_runtime_annotations():
     (string) annotations would make registration fail on the GPU machine only."""
     import __future__
 
-    import stsun.export.tensorrt_plugin as plugin
+    import stsun.export.trt.plugin as plugin
 
     assert getattr(plugin, "annotations", None) is not __future__.annotations
 
@@ -72,7 +72,7 @@ def test_plugin_module_keeps_runtime_annotations():
 @pytest.fixture(scope="module")
 def plugin_build(tmp_path_factory):
     out = tmp_path_factory.mktemp("plugin") / "sentinel2-bcd"
-    report = build(load_profile("sentinel2-bcd"), out, size="tiny", precisions=("fp32", "fp16"), max_batch=2,
+    report = build_artifacts(load_profile("sentinel2-bcd"), out, size="tiny", precisions=("fp32", "fp16"), max_batch=2,
                    fidelity_tiles=1, attention="plugin")
     return out, report
 
@@ -102,16 +102,16 @@ def test_plugin_build_checks_its_onnx_and_writes_kernels(plugin_build):
 
 def test_plugin_mode_rejects_int8(tmp_path):
     with pytest.raises(ValueError, match="int8"):
-        build(load_profile("sentinel2-bcd"), tmp_path, precisions=("fp32", "int8"), attention="plugin")
+        build_artifacts(load_profile("sentinel2-bcd"), tmp_path, precisions=("fp32", "int8"), attention="plugin")
     with pytest.raises(ValueError, match="attention mode"):
-        build(load_profile("sentinel2-bcd"), tmp_path, attention="cudnn")
+        build_artifacts(load_profile("sentinel2-bcd"), tmp_path, attention="cudnn")
 
 
 @pytest.mark.skipif(tensorrt_unavailable_reason() is not None,
                     reason=f"TensorRT plugin engine: {tensorrt_unavailable_reason()}")
 def test_tensorrt_engine_with_the_plugin(tmp_path):
     """Where TensorRT and a GPU exist: engines built with the AOT plugin pass the fidelity gates."""
-    report = build(load_profile("sentinel2-bcd"), tmp_path, size="tiny", precisions=("fp32", "fp16"), max_batch=2,
+    report = build_artifacts(load_profile("sentinel2-bcd"), tmp_path, size="tiny", precisions=("fp32", "fp16"), max_batch=2,
                    fidelity_tiles=2, attention="plugin")
     arts = {a["name"]: a for a in report["artifacts"]}
     assert report["tensorrt"]["built"] and report["passed"]
@@ -125,7 +125,7 @@ def test_aot_build_does_not_depend_on_the_callers_triton_mode():
     import torch
 
     from stsun.kernels import window_attention
-    from stsun.model.lgwa import window_attention_reference
+    from stsun.kernels.reference import window_attention_reference
 
     qkv = torch.randn(1, 12 * 10, 3 * 32)
     if not torch.cuda.is_available():

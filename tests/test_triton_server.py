@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from stsun import load_profile
-from stsun.export.builder import build
+from stsun.pipeline import build_artifacts
 from stsun.runtime import EngineError, load_engine
-from stsun.runtime.server import TritonServer, tritonserver_available
-from stsun.runtime.triton_repo import write_triton_repo
+from stsun.runtime.serving.server import TritonServer, tritonserver_available
+from stsun.runtime.serving.repository import write_triton_repo
 from stsun.synthetic import synthetic_tiles
 
 pytestmark = [pytest.mark.own_process,  # starts servers on loopback ports
@@ -35,7 +35,7 @@ def port_open(port):
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     root = tmp_path_factory.mktemp("serve")
-    build(load_profile("sentinel2-scd"), root / "build", precisions=("fp32",), max_batch=8, fidelity_tiles=1)
+    build_artifacts(load_profile("sentinel2-scd"), root / "build", precisions=("fp32",), max_batch=8, fidelity_tiles=1)
     names = write_triton_repo(root / "build", root / "repo")
     assert names == ["sentinel2-scd", "sentinel2-scd-onnx"]  # no TensorRT engine here, so no -trt model
     http, grpc, metrics = free_ports(3)

@@ -12,26 +12,29 @@ from typing import Literal
 import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from stsun.errors import ProfileError
+
 TASKS = ("ss", "bcd", "scd")
 UNIFIED_GRID = 256  # tiles are cut into p x p patches onto this grid, so p = tile_size / 256
-
-
-class ProfileError(ValueError):
-    """A profile could not be found or does not validate; the message names the field."""
 
 
 class Band(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     name: str = Field(min_length=1)
-    wavelength_nm: float = Field(gt=300, lt=15000, description="band centre wavelength")
+    # Any positive wavelength: optical bands (~400-2500 nm), thermal (~10 um) and radar bands
+    # (Sentinel-1 C-band: 5.55 cm = 55465763 nm) are all described the same way; whether a
+    # checkpoint was trained on such bands is the checkpoint's business, not the profile's.
+    wavelength_nm: float = Field(gt=0, description="band centre wavelength (nm)")
 
 
 class Scaling(BaseModel):
-    """How raw pixel values become model input: ``x * scale + offset``."""
+    """How raw pixel values become model input: ``(x + dn_offset) * scale + offset``."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     scale: float = 1.0
     offset: float = 0.0
+    dn_offset: float = Field(0.0, description="added to raw digital numbers first (Sentinel-2 L2A "
+                                               "processing baseline >= 04.00: -1000)")
     note: str = ""
 
 
@@ -53,6 +56,8 @@ class Profile(BaseModel):
     scaling: Scaling = Scaling()
     model_size: Literal["tiny", "base", "large"] = "tiny"
     nodata: float | None = None
+    rgb_bands: tuple[str, str, str] | None = Field(
+        default=None, description="red, green and blue band names for previews (None: no RGB preview)")
 
     @model_validator(mode="after")
     def _consistent(self) -> "Profile":
@@ -77,6 +82,8 @@ class Profile(BaseModel):
             raise ValueError("classes must be unique")
         if len({b.name for b in self.bands}) != len(self.bands):
             raise ValueError("bands must have unique names")
+        if self.rgb_bands and (missing := [b for b in self.rgb_bands if b not in self.band_names]):
+            raise ValueError(f"rgb_bands {missing} are not among the bands {list(self.band_names)}")
         return self
 
     @property

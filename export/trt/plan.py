@@ -1,8 +1,8 @@
-"""TensorRT engine build from the exported ONNX (needs TensorRT 10 or 11 and an NVIDIA GPU).
+"""TensorRT plan (engine) build from an exported ONNX (needs TensorRT 10 or 11 and an NVIDIA GPU).
 
 Written against the Python API of TensorRT 10 and 11 (checked against the 11.4 bindings' names);
 it has not run on the project's CPU machines.
-The engine's TensorRT version and GPU are recorded beside it (``*.plan.json``) and checked
+The plan's TensorRT version and GPU are recorded beside it (``*.plan.json``) and checked
 when it is loaded, because a plan only runs on the TensorRT version and GPU that built it.
 """
 from __future__ import annotations
@@ -12,50 +12,27 @@ import time
 from pathlib import Path
 
 from stsun.atomic import atomic_write
+from stsun.errors import BuildError
+from stsun.graph_io import INPUT_NAME
 from stsun.profiles import Profile
 
-from .onnx_export import read_metadata
+from ..onnx_export import read_metadata
+from .env import gpu_identity
 
 WORKSPACE_BYTES = 4 << 30
 
 
-def tensorrt_unavailable_reason() -> str | None:
-    """None when an engine can be built here, else why not."""
-    try:
-        import tensorrt  # noqa: F401
-    except ImportError:
-        return "tensorrt is not installed (pip install 'stsun[gpu]' on a machine with an NVIDIA GPU)"
-    try:
-        import pycuda.driver as cuda
-
-        cuda.init()
-        if cuda.Device.count() == 0:
-            return "no CUDA device found"
-    except Exception as err:  # pycuda missing, no driver, ...
-        return f"CUDA is not usable: {err}"
-    return None
-
-
-def gpu_identity() -> dict:
-    import pycuda.driver as cuda
-    import tensorrt as trt
-
-    cuda.init()
-    dev = cuda.Device(0)
-    return {"tensorrt": trt.__version__, "gpu": dev.name(), "compute_capability": list(dev.compute_capability())}
-
-
-def build_engine(onnx_path: Path, plan_path: Path, profile: Profile, precision: str, max_batch: int,
-                 timing_cache: Path) -> dict:
-    """Build and serialise an engine; returns what the build report records."""
+def build_plan(onnx_path: Path, plan_path: Path, profile: Profile, precision: str, max_batch: int,
+               timing_cache: Path) -> dict:
+    """Build and serialise a plan; returns what the build report records."""
     import tensorrt as trt
 
     start = time.perf_counter()
     logger = trt.Logger(trt.Logger.WARNING)
     if read_metadata(onnx_path).get("attention_plugin") == "true":
-        from .tensorrt_plugin import register_window_attention_plugin
+        from .plugin import register_window_attention_plugin
 
-        register_window_attention_plugin()
+        register_window_attention_plugin(onnx_path)
     builder = trt.Builder(logger)
     # Strongly typed: each tensor keeps the type the ONNX gives it (the fp16 export keeps
     # normalisations and softmax in fp32, the int8 export carries Q/DQ). TensorRT 11 has no
@@ -64,20 +41,20 @@ def build_engine(onnx_path: Path, plan_path: Path, profile: Profile, precision: 
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise RuntimeError(f"TensorRT could not parse {onnx_path}: {errors}")
+        raise BuildError(f"TensorRT could not parse {onnx_path}: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, WORKSPACE_BYTES)
     if precision == "fp32":
         config.clear_flag(trt.BuilderFlag.TF32)  # an fp32 engine is held to the fp32 fidelity gate
     shape = profile.input_shape
     opt = builder.create_optimization_profile()
-    opt.set_shape("x", (1, *shape), (max_batch, *shape), (max_batch, *shape))
+    opt.set_shape(INPUT_NAME, (1, *shape), (max_batch, *shape), (max_batch, *shape))
     config.add_optimization_profile(opt)
     cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.is_file() else b"")
     config.set_timing_cache(cache, ignore_mismatch=False)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        raise RuntimeError(f"TensorRT failed to build a {precision} engine from {onnx_path}")
+        raise BuildError(f"TensorRT failed to build a {precision} engine from {onnx_path}")
     atomic_write(plan_path, lambda tmp: tmp.write_bytes(bytes(serialized)))
     atomic_write(timing_cache, lambda tmp: tmp.write_bytes(bytes(config.get_timing_cache().serialize())))
     identity = {**gpu_identity(), "precision": precision, "max_batch": max_batch}

@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from stsun.errors import EngineError
+from stsun.graph_io import INPUT_NAME, OUTPUT_NAME
 from stsun.profiles import Profile
 
-from .engine import BuildDir, Engine, EngineError
+from ..engine import BuildDir, Engine
 
 
 class TritonEngine(Engine):
@@ -44,10 +46,10 @@ class TritonEngine(Engine):
         return f"triton {self.protocol}://{self.url}"
 
     def _run(self, x: np.ndarray) -> np.ndarray:
-        inp = self._client_mod.InferInput("x", list(x.shape), "FP32")
+        inp = self._client_mod.InferInput(INPUT_NAME, list(x.shape), "FP32")
         inp.set_data_from_numpy(x)
         try:
-            result = self.client.infer(self.model, [inp], outputs=[self._client_mod.InferRequestedOutput("logits")])
+            result = self.client.infer(self.model, [inp], outputs=[self._client_mod.InferRequestedOutput(OUTPUT_NAME)])
         except self._error as err:
             raise EngineError(f"Triton server rejected the request: {err.message()}") from None
-        return result.as_numpy("logits")
+        return result.as_numpy(OUTPUT_NAME)

@@ -11,9 +11,11 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from .engine import BuildDir
+from stsun.graph_io import INPUT_NAME, OUTPUT_NAME
 
-PYTHON_MODEL = Path(__file__).with_name("triton_python_model.py")
+from ..engine import BuildDir
+
+PYTHON_MODEL = Path(__file__).with_name("python_model.py")
 
 
 def config_pbtxt(name: str, build: BuildDir, platform: str, instances: str, extra: str = "") -> str:
@@ -26,10 +28,10 @@ def config_pbtxt(name: str, build: BuildDir, platform: str, instances: str, extr
 {platform}
 max_batch_size: {mb}
 input [
-  {{ name: "x", data_type: TYPE_FP32, dims: [ {dims_in} ] }}
+  {{ name: "{INPUT_NAME}", data_type: TYPE_FP32, dims: [ {dims_in} ] }}
 ]
 output [
-  {{ name: "logits", data_type: TYPE_FP32, dims: [ {dims_out} ] }}
+  {{ name: "{OUTPUT_NAME}", data_type: TYPE_FP32, dims: [ {dims_out} ] }}
 ]
 dynamic_batching {{
   preferred_batch_size: [ {", ".join(map(str, preferred))} ]

@@ -16,9 +16,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-
-class ServerError(RuntimeError):
-    pass
+from stsun.errors import ServerError
 
 
 def server_package() -> Path:

@@ -35,7 +35,7 @@ def _dims(value_info: onnx.ValueInfoProto) -> list[int | str]:
     return [d.dim_param or d.dim_value for d in value_info.type.tensor_type.shape.dim]
 
 
-def check_tensorrt_compat(model: onnx.ModelProto | str | Path, plugin_ops: tuple[str, ...] = ()) -> CompatReport:
+def check_compat(model: onnx.ModelProto | str | Path, plugin_ops: tuple[str, ...] = ()) -> CompatReport:
     if not isinstance(model, onnx.ModelProto):
         model = onnx.load(str(model))
     table = tomllib.loads(OPS_TABLE.read_text())

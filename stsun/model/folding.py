@@ -15,10 +15,11 @@ import copy
 import torch
 from torch import nn
 
-from stsun.model import STSUN, Metadata
-from stsun.model.norm import TaskBatchNorm2d
-from stsun.model.stsun import run_blocks
 from stsun.profiles import Profile
+
+from .metadata import Metadata
+from .norm import TaskBatchNorm2d
+from .stsun import STSUN, run_blocks
 
 
 def fold_batchnorm(conv: nn.Conv2d | nn.ConvTranspose2d, bn: nn.BatchNorm2d) -> nn.Module:

@@ -1,0 +1,48 @@
+"""Every expected, user-facing failure derives from ``StsunError``.
+
+The command lines catch ``StsunError`` once and print its message on one line (no traceback);
+anything else is a bug and keeps its traceback. Each class also derives from the builtin it
+replaced (``ValueError`` for bad input, ``RuntimeError`` for a failing component), so callers
+that catch those keep working.
+"""
+from __future__ import annotations
+
+
+class StsunError(Exception):
+    """An expected failure whose message tells the user what to do."""
+
+
+class ProfileError(StsunError, ValueError):
+    """A profile could not be found or does not validate; the message names the field."""
+
+
+class CheckpointError(StsunError, ValueError):
+    """A checkpoint is missing, unreadable, or does not fit the model asked for."""
+
+
+class InputError(StsunError, ValueError):
+    """The input does not match what the profile or model expects."""
+
+
+class BuildError(StsunError, ValueError):
+    """Build options are invalid, or an artifact cannot be produced as asked."""
+
+
+class AotError(BuildError):
+    """The fused kernel cannot be compiled ahead of time for TensorRT as asked."""
+
+
+class EngineError(StsunError, RuntimeError):
+    """An engine or build directory cannot be loaded or run."""
+
+
+class SceneError(StsunError, ValueError):
+    """The input scene does not fit the profile, or the dates do not fit each other."""
+
+
+class ServerError(StsunError, RuntimeError):
+    """The inference server cannot be started or reached."""
+
+
+__all__ = ["StsunError", "ProfileError", "CheckpointError", "InputError", "BuildError", "AotError", "EngineError",
+           "SceneError", "ServerError"]

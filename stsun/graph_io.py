@@ -1,0 +1,3 @@
+"""Names of the deployed graph's tensors, shared by every exporter, backend and server model."""
+INPUT_NAME = "x"         # (B, T_in, C_in, H, W) float32, scaled as the profile says
+OUTPUT_NAME = "logits"   # (B, T_out, C_out, H, W) float32

@@ -1,0 +1,266 @@
+"""The build: profile + checkpoint -> folded model -> ONNX -> TensorRT, each artifact checked
+against the eager model and recorded in ``build_report.json``.
+
+It sits on top of the pipeline: it exports with ``stsun.export`` and validates every artifact
+by running it with the backend that will serve it (``stsun.runtime``), as a user would. The
+steps are small methods of ``ArtifactBuild``, run in order over one validated ``BuildOptions``
+that is written into the report.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from rich.console import Console
+from rich.markup import escape
+
+import stsun
+from stsun.atomic import atomic_write
+from stsun.checkpoint import DEMO_CHECKPOINT, file_sha256, load_model, resolve_checkpoint, save_checkpoint
+from stsun.errors import BuildError
+from stsun.export.fidelity import fidelity
+from stsun.export.onnx_export import DERIVED_ONNX, export_fp32, model_metadata
+from stsun.export.plugin_artifacts import run_with_reference, write_kernels
+from stsun.export.trt.compat import check_compat
+from stsun.export.trt.plan import build_plan
+from stsun.kernels.contract import PLUGIN_NAME
+from stsun.precision import ONNX_PRECISIONS
+from stsun.profiles import Profile
+from stsun.runtime import EagerEngine, FoldedEngine, OnnxRuntimeEngine, TensorRTEngine
+from stsun.runtime.backends import BACKENDS
+from stsun.runtime.engine import REPORT_NAME
+from stsun.synthetic import synthetic_tiles
+from stsun.train import calibrate_batchnorm
+
+ATTENTION = ("tensorrt", "plugin")  # how LGWA attention reaches TensorRT (see BuildOptions)
+PLUGIN_CHECK_TILES = 1  # onnx's reference evaluator is pure numpy: seconds per tile
+FIDELITY_SEED, CALIBRATION_SEED = 20260101, 7  # held-out tiles differ from calibration tiles
+
+
+class BuildOptions(BaseModel):
+    """What to build. ``attention="tensorrt"`` exports attention as MatMul/Softmax for TensorRT to
+    fuse; ``"plugin"`` also exports ``model.<p>.plugin.onnx`` with one ``stsun::WindowAttention``
+    node per LGWA attention, writes the fused kernel's PTX for sm_80/sm_90, and builds the
+    TensorRT engines from those graphs with the plugin (``stsun.export.trt.plugin``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    checkpoint: Path | None = None          # default: the demo checkpoint (or random init for its size)
+    size: Literal["tiny", "base", "large"] | None = None
+    precisions: tuple[str, ...] = ONNX_PRECISIONS
+    max_batch: int = Field(8, ge=1)
+    fidelity_tiles: int = Field(4, ge=1)     # held-out 256 px two-date tiles' worth of pixels
+    calibration_tiles: int = Field(16, ge=1)  # int8 calibration
+    calibrate_bn: bool = False              # recalibrate the task's BatchNorm statistics on this profile
+    cpp: bool = False                       # also an AOTInductor package for C++ services
+    attention: str = "tensorrt"
+
+    @field_validator("precisions")
+    @classmethod
+    def _known_precisions(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [p for p in value if p not in ONNX_PRECISIONS]
+        if unknown or not value:
+            raise ValueError(f"unknown precision {unknown}; choose from {', '.join(ONNX_PRECISIONS)}")
+        return value
+
+    @field_validator("attention")
+    @classmethod
+    def _known_attention(cls, value: str) -> str:
+        if value not in ATTENTION:
+            raise ValueError(f"unknown attention mode {value!r}; choose from {', '.join(ATTENTION)}")
+        return value
+
+    @model_validator(mode="after")
+    def _plugin_precisions(self) -> "BuildOptions":
+        if self.attention == "plugin" and "int8" in self.precisions:
+            raise ValueError("the attention plugin path has fp32 and fp16 engines only; drop int8 or use "
+                             "--attention tensorrt")
+        return self
+
+    @classmethod
+    def parse(cls, **options) -> "BuildOptions":
+        """Validated options, or a BuildError naming the option and what is wrong."""
+        try:
+            return cls(**options)
+        except ValidationError as err:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'options'}: {e['msg'].removeprefix('Value error, ')}"
+                                 for e in err.errors())
+            raise BuildError(f"invalid build options: {problems}") from None
+
+
+class ArtifactBuild:
+    """One build in progress: the state every step reads, and the report they fill."""
+
+    def __init__(self, profile: Profile, out: Path, options: BuildOptions, console: Console) -> None:
+        self.profile, self.out, self.options, self.console = profile, out, options, console
+        self.report: dict = {}
+        self.onnx: dict[str, Path] = {}     # precision -> ONNX the TensorRT plans are built from
+
+    def run(self) -> dict:
+        for step in (self.model_step, self.reference_step, self.folded_step, self.onnx_step, self.plugin_step,
+                     self.aoti_step, self.tensorrt_step):
+            step()
+        self.report["passed"] = all(a["fidelity"]["gate"]["passed"] for a in self.report["artifacts"])
+        atomic_write(self.out / REPORT_NAME, lambda tmp: tmp.write_text(json.dumps(self.report, indent=2) + "\n"))
+        return self.report
+
+    def record(self, name: str, kind: str, precision: str, path: Path | None, seconds: float, outputs: np.ndarray,
+               **extra) -> dict:
+        """Add one artifact, judged against the eager reference, to the report."""
+        entry = {"name": name, "format": kind, "precision": precision,
+                 "path": path.name if path else None, "bytes": path.stat().st_size if path else None,
+                 "build_seconds": round(seconds, 2), "fidelity": fidelity(outputs, self.ref[:len(outputs)], precision),
+                 **extra}
+        self.report["artifacts"].append(entry)
+        f = entry["fidelity"]
+        mark = "[green]ok[/]" if f["gate"]["passed"] else "[red]FAILED[/]"
+        self.console.print(f"  {name:<14} agreement {f['argmax_agreement']:.6f}  max|err| {f['max_abs_err']:.2e}  {mark}")
+        return entry
+
+    def model_step(self) -> None:
+        """Load the checkpoint (recalibrated if asked) and keep the exact weights in the build."""
+        o, profile = self.options, self.profile
+        self.out.mkdir(parents=True, exist_ok=True)
+        size = o.size or (None if o.checkpoint else profile.model_size)
+        resolved = resolve_checkpoint(o.checkpoint, size)
+        self.model = load_model(resolved, size=size)
+        source = "random init (seed 0)" if resolved is None else (
+            "demo checkpoint" if resolved == DEMO_CHECKPOINT else str(resolved))
+        if resolved is None:
+            self.console.print(f"[yellow]warning:[/] no checkpoint given and no demo checkpoint for size "
+                               f"'{self.model.config.size}': building from randomly initialised weights")
+        if o.calibrate_bn:  # a sensor the checkpoint was not calibrated for: its task's statistics from this profile
+            calibrate_batchnorm(self.model, [profile])
+            self.model.eval()
+            source += f", BatchNorm statistics recalibrated on generated {profile.name} tiles"
+        ckpt = save_checkpoint(self.model, self.out / "checkpoint")
+        self.sha = file_sha256(ckpt)
+        self.report = {
+            "profile": json.loads(profile.model_dump_json()), "model_size": self.model.config.size,
+            "checkpoint": {"source": source, "file": ckpt.name, "sha256": self.sha},
+            "options": json.loads(o.model_dump_json()),
+            "stsun_version": stsun.__version__, "torch_version": torch.__version__,
+            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "host": platform.machine(), "max_batch": o.max_batch, "attention": o.attention, "artifacts": [],
+        }
+        self.meta = model_metadata(profile, {"checkpoint_sha256": self.sha, "stsun_version": stsun.__version__,
+                                             "model_size": self.model.config.size, "max_batch": o.max_batch})
+        self.console.print(f"[bold]{profile.name}[/]: {self.model.config.size} model from {source} -> {self.out}")
+
+    def reference_step(self) -> None:
+        """Held-out tiles and the eager model's logits for them, which every artifact must match."""
+        p = self.profile
+        # The same pixel budget as `fidelity_tiles` two-date 256 px tiles, at least one tile.
+        n_tiles = max(1, self.options.fidelity_tiles * 2 * 256 ** 2 // (p.t_in * p.tile_size ** 2))
+        self.x, _ = synthetic_tiles(p, n_tiles, seed=FIDELITY_SEED)
+        self.ref = EagerEngine(self.model, p, self.options.max_batch)(self.x)
+
+    def folded_step(self) -> None:
+        t = time.perf_counter()
+        self.folded = FoldedEngine(self.model, self.profile, self.options.max_batch)
+        self.record("folded", "torch", "fp32", None, time.perf_counter() - t, self.folded(self.x))
+
+    def _calibration(self) -> np.ndarray:
+        return synthetic_tiles(self.profile, self.options.calibration_tiles, seed=CALIBRATION_SEED)[0]
+
+    def _export(self, precision: str, path: Path, plugin: bool = False) -> float:
+        """Write one ONNX: fp32 traced, the others derived from the fp32 one written just before
+        (``_fp32_first``); the TensorRT plans are built from the last ones written. Returns seconds."""
+        t = time.perf_counter()
+        if precision == "fp32":
+            export_fp32(self.folded.module, self.profile, path, self.meta, attention_plugin=plugin)
+        else:
+            DERIVED_ONNX[precision](self.onnx["fp32"], path, self._calibration)
+        self.onnx[precision] = path
+        return time.perf_counter() - t
+
+    @staticmethod
+    def _fp32_first(precisions: tuple[str, ...]) -> list[str]:
+        return ["fp32", *[p for p in precisions if p != "fp32"]]  # every other ONNX derives from fp32
+
+    def onnx_step(self) -> None:
+        for precision in self._fp32_first(self.options.precisions):
+            path = self.out / f"model.{precision}.onnx"
+            seconds = self._export(precision, path)
+            engine = OnnxRuntimeEngine(path, self.profile, self.options.max_batch, providers=["CPUExecutionProvider"])
+            compat = check_compat(path).to_dict()
+            self.record(f"onnx-{precision}", "onnx", precision, path, seconds, engine(self.x), tensorrt_compat=compat)
+            if not compat["compatible"]:
+                self.console.print(f"  [yellow]not TensorRT-compatible:[/] {escape('; '.join(compat['problems'][:2]))}")
+
+    def plugin_step(self) -> None:
+        """Plugin ONNX per precision, checked on the CPU with the reference attention in place of
+        the plugin, plus the kernels' PTX; the TensorRT plans are then built from these graphs."""
+        if self.options.attention != "plugin":
+            return
+        x = self.x[:PLUGIN_CHECK_TILES]
+        for precision in self._fp32_first(self.options.precisions):
+            path = self.out / f"model.{precision}.plugin.onnx"
+            seconds = self._export(precision, path, plugin=True)
+            compat = check_compat(path, plugin_ops=(PLUGIN_NAME,)).to_dict()
+            self.record(f"onnx-{precision}-plugin", "onnx", precision, path, seconds, run_with_reference(path, x),
+                        tensorrt_compat=compat, checked_with="onnx reference evaluator, PyTorch reference attention "
+                                                             f"for {PLUGIN_NAME}, {len(x)} tile(s)")
+        t = time.perf_counter()
+        # TensorRT engines are strongly typed: fp32 kernels for the fp32 graph, fp16 for the fp16 one
+        kernels = write_kernels([self.onnx[p] for p in self._fp32_first(self.options.precisions)], self.out / "kernels")
+        worst = max(k["ptxas"]["spill_bytes"] for k in kernels)
+        self.report["attention_plugin"] = {"kernels": kernels, "seconds": round(time.perf_counter() - t, 2)}
+        self.console.print(f"  kernels        {len(kernels)} PTX (sm_80, sm_90a) assembled by ptxas, max spill {worst} B")
+
+    def aoti_step(self) -> None:
+        """AOTInductor package for C++ services (runtime/cpp)."""
+        if not self.options.cpp:
+            return
+        from torch._inductor import aoti_load_package
+
+        from stsun.export.aoti_export import export_aoti
+
+        mb = self.options.max_batch
+        t = time.perf_counter()
+        pt2 = export_aoti(self.folded.module, self.profile, self.out / "model.fp32.pt2", mb,
+                          {"checkpoint_sha256": self.sha, "stsun_version": stsun.__version__})
+        seconds = time.perf_counter() - t
+        runner = aoti_load_package(str(pt2))
+        with torch.no_grad():
+            outputs = np.concatenate([runner(torch.from_numpy(self.x[i:i + mb])).numpy()
+                                      for i in range(0, len(self.x), mb)])
+        self.record("aoti-fp32", "aoti", "fp32", pt2, seconds, outputs)
+
+    def tensorrt_step(self) -> None:
+        trt = BACKENDS["tensorrt"]
+        reason = trt.unavailable_reason()
+        self.report["tensorrt"] = {"built": reason is None, "reason": reason}
+        if reason:
+            self.console.print(f"  [yellow]TensorRT engine skipped:[/] {escape(reason)}")
+            return
+        suffix = "-plugin" if self.options.attention == "plugin" else ""
+        for precision in self.options.precisions:
+            compat = next(a["tensorrt_compat"] for a in self.report["artifacts"]
+                          if a["name"] == f"onnx-{precision}{suffix}")
+            if precision not in trt.precisions or not compat["compatible"]:
+                why = "; ".join(compat["problems"][:2]) or f"the {trt.name} backend runs {', '.join(trt.precisions)}"
+                self.report["tensorrt"].setdefault("skipped", {})[precision] = why
+                continue
+            plan = self.out / f"model.{precision}.plan"
+            mb = self.options.max_batch
+            info = build_plan(self.onnx[precision], plan, self.profile, precision, mb, self.out / "timing.cache")
+            engine = TensorRTEngine(plan, self.profile, mb)
+            self.record(f"tensorrt-{precision}", "tensorrt", precision, plan, info.pop("build_seconds"),
+                        engine(self.x), engine_info=info)
+
+
+def build_artifacts(profile: Profile, out: Path, console: Console | None = None, **options) -> dict:
+    """Build every artifact ``options`` (see BuildOptions) asks for into ``out``; returns the
+    report also written to ``out/build_report.json``. Raises BuildError for invalid options."""
+    return ArtifactBuild(profile, Path(out), BuildOptions.parse(**options), console or Console(stderr=True)).run()
+
+
+__all__ = ["ArtifactBuild", "BuildOptions", "build_artifacts"]
