@@ -2,7 +2,8 @@
 
 Self-contained (numpy + onnxruntime) so it runs in NVIDIA's container as well as under the
 pip-installed server. Each execution validates every request on its own (a bad request gets
-an error response; the others still run), then runs all valid requests as ONE batch.
+an error response; the others still run), then runs all valid requests as ONE batch. Tensor
+names come from the model configuration the repository writer generates.
 """
 import json
 import os
@@ -20,6 +21,7 @@ class TritonPythonModel:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = int(params.get("intra_op_threads", "0"))
         self.session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+        self.input_name, self.output_name = config["input"][0]["name"], config["output"][0]["name"]
         meta = self.session.get_modelmeta().custom_metadata_map
         self.profile = json.loads(meta["stsun.profile"])
         self.valid_min = float(params.get("valid_min", "-1.0"))
@@ -40,7 +42,7 @@ class TritonPythonModel:
         responses = [None] * len(requests)
         good, arrays = [], []
         for i, request in enumerate(requests):
-            x = pb_utils.get_input_tensor_by_name(request, "x").as_numpy()
+            x = pb_utils.get_input_tensor_by_name(request, self.input_name).as_numpy()
             problem = self.check(x)
             if problem:
                 responses[i] = pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(problem))
@@ -48,10 +50,10 @@ class TritonPythonModel:
                 good.append(i)
                 arrays.append(x)
         if arrays:
-            logits = self.session.run(None, {"x": np.ascontiguousarray(np.concatenate(arrays))})[0]
+            logits = self.session.run(None, {self.input_name: np.ascontiguousarray(np.concatenate(arrays))})[0]
             start = 0
             for i, x in zip(good, arrays):
-                out = pb_utils.Tensor("logits", logits[start:start + len(x)])
+                out = pb_utils.Tensor(self.output_name, logits[start:start + len(x)])
                 responses[i] = pb_utils.InferenceResponse(output_tensors=[out])
                 start += len(x)
         return responses
