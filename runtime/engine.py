@@ -36,14 +36,23 @@ class Engine(ABC):
         return "fp32"
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
+        outs = [self._run(b) for b in self.checked_batches(x)]
+        return outs[0] if len(outs) == 1 else np.concatenate(outs)
+
+    def checked_batches(self, x: np.ndarray) -> list[np.ndarray]:
+        """``x`` validated (shape, dtype, finite) and split into batches of at most ``max_batch``."""
         if not isinstance(x, np.ndarray):
             raise InputError(f"{self.backend}[{self.profile.name}]: expected a numpy array, got {type(x).__name__}")
         check_tiles(x, t_in=self.profile.t_in, c_in=self.profile.c_in, tile_size=self.profile.tile_size,
                     allowed_dtypes=("float32",), context=f"{self.backend}[{self.profile.name}]",
                     band_names=self.profile.band_names)
         step = self.max_batch or len(x)
-        outs = [self._run(np.ascontiguousarray(x[i:i + step])) for i in range(0, len(x), step)]
-        return outs[0] if len(outs) == 1 else np.concatenate(outs)
+        return [np.ascontiguousarray(x[i:i + step]) for i in range(0, len(x), step)]
+
+    def run_many(self, batches: list[np.ndarray]) -> list[np.ndarray]:
+        """Logits for several batches. Local engines run them one after another (each already
+        uses every core); a remote engine overrides this to keep them in flight together."""
+        return [self(b) for b in batches]
 
     @abstractmethod
     def _run(self, x: np.ndarray) -> np.ndarray:

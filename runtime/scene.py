@@ -1,18 +1,26 @@
-"""Whole-scene GeoTIFF inference: tiled, blended, streamed, georeferenced.
+"""Whole-scene inference: tiled, blended, streamed, written as a Cloud-Optimized GeoTIFF.
 
-Memory is bounded by one strip of tiles (tile height x scene width), whatever the scene's
-height (it grows with the width only): input is read a strip at a time with windowed reads, logits are blended into a
-rolling accumulator, and finished rows are written as soon as no later tile touches them.
+Inputs per date are whatever ``stsun.runtime.scene_inputs`` resolves (a multi-band raster, a
+directory of band files such as a SAFE or Landsat product, a STAC item). Memory is bounded by
+one strip of tiles (tile height x scene width), whatever the scene's height: input is read a
+strip at a time with windowed reads, logits are blended into a rolling accumulator, and finished
+rows are written as soon as no later tile touches them. Reading the next strip overlaps the
+engine's work on the current one (a reader thread; rasterio and the engines release the GIL).
 
 Output bands by task (uint8, or uint16 when a from-to code needs it; nodata 255 / 65535):
 - ss:  1 band, class index (single-class profiles: 1 = the class, 0 = not)
 - bcd: T_out bands, 1 = change between dates t and t+1
 - scd: T_in bands of class index per date, then T_in - 1 from-to change bands with
        0 = no change, else 1 + from * C_out + to.
+The map is written as a tiled GeoTIFF, then copied into a COG with overviews made by MODE
+resampling (a class or change code survives, never an average of codes).
 """
 from __future__ import annotations
 
 import contextlib
+import json
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,13 +32,20 @@ from stsun.classmaps import CHANGE_COLOURS, class_colours, predicted_classes
 from stsun.errors import SceneError
 
 from .engine import Engine
+from .scene_inputs import DateReader, Grid, native_grid, resolve_date
+
+PROBABILITY_ENCODINGS = ("float32", "uint8")  # uint8: round(p * 254), 255 = nodata, band scale 1/254
+COG_BLOCK = 256  # also the tile size: maps of a few tiles still get overviews
+
 
 @dataclass
 class SceneOptions:
     overlap: int | None = None      # pixels shared by neighbouring tiles (default: tile / 4)
     align: bool = False             # reproject later dates onto the first date's grid
     dn_offset: float | None = None  # added to raw values before scaling (default: the profile's)
-    probabilities: bool = False     # also write OUT.probs.tif (float32)
+    probabilities: bool = False     # also write OUT.probs.tif
+    probabilities_encoding: str = "float32"
+    mask_quality: bool = False      # the product's quality band (SCL / QA_PIXEL) masks cloud, shadow, no data
     progress: bool = True
 
 
@@ -46,20 +61,6 @@ def tile_starts(length: int, tile: int, stride: int) -> list[int]:
         return [0]
     starts = list(range(0, length - tile, stride))
     return starts + [length - tile]
-
-
-def band_order(descriptions: tuple[str | None, ...], profile_bands: tuple[str, ...], path: str) -> list[int]:
-    """Indexes of the file's bands in profile order: by band description when the file has
-    descriptions for all bands, else by position."""
-    if len(descriptions) != len(profile_bands):
-        raise SceneError(f"{path}: has {len(descriptions)} bands, profile expects {len(profile_bands)} "
-                         f"({', '.join(profile_bands)})")
-    if all(descriptions):
-        missing = [b for b in profile_bands if b not in descriptions]
-        if missing:
-            raise SceneError(f"{path}: band descriptions {list(descriptions)} lack the profile's bands {missing}")
-        return [descriptions.index(b) for b in profile_bands]
-    return list(range(len(profile_bands)))
 
 
 def output_layout(engine: Engine) -> tuple[int, str, int]:
@@ -87,42 +88,59 @@ def probabilities(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def open_dates(paths: list[Path], engine: Engine, options: SceneOptions, stack: contextlib.ExitStack):
-    """Open every date, check it against the profile and the first date, return readers."""
-    import rasterio
-    from rasterio.vrt import WarpedVRT
+def check_output(out: Path, dates: list[Path]) -> None:
+    """Refuse, before any compute, an output that would overwrite an input or cannot be written."""
+    if out.is_dir():
+        raise SceneError(f"output {out} is a directory; give a file name such as {out / 'map.tif'}")
+    target = out.resolve()
+    for d in dates:
+        if d.exists() and (target == d.resolve() or (d.is_dir() and d.resolve() in target.parents)):
+            raise SceneError(f"output {out} would overwrite the input {d}; write it somewhere else")
 
+
+def open_dates(paths: list[Path], engine: Engine, options: SceneOptions,
+               stack: contextlib.ExitStack) -> tuple[Grid, list[DateReader]]:
+    """Resolve every date, put them on the first date's grid, and open their readers."""
     p = engine.profile
     if len(paths) != p.t_in:
-        raise SceneError(f"profile '{p.name}' needs {p.t_in} dates (T_in), got {len(paths)} files")
-    readers = []
-    for i, path in enumerate(paths):
-        if not Path(path).is_file():
-            raise SceneError(f"input not found: {path}")
-        src = stack.enter_context(rasterio.open(path))
-        order = band_order(src.descriptions, p.band_names, str(path))
-        if i:
-            first = readers[0][0]
-            same = src.crs == first.crs and src.transform == first.transform and src.shape == first.shape
-            if not same and not options.align:
-                raise SceneError(f"{path} does not share the first date's grid (CRS {src.crs} vs {first.crs}, "
-                                 f"size {src.shape} vs {first.shape}, transform differs: "
-                                 f"{src.transform != first.transform}); pass --align to reproject it")
-            if not same:
-                src = stack.enter_context(WarpedVRT(src, crs=first.crs, transform=first.transform,
-                                                    width=first.width, height=first.height))
-        readers.append((src, order))
-    return readers
+        raise SceneError(f"profile '{p.name}' needs {p.t_in} dates (T_in), got {len(paths)} inputs")
+    dates = [resolve_date(path, p) for path in paths]
+    grid = native_grid(dates[0], p)
+    for date in dates[1:]:
+        own = native_grid(date, p)
+        if own == grid:
+            continue
+        if not options.align:
+            raise SceneError(f"{date.source} does not share the first date's grid ({own.describe()} vs "
+                             f"{grid.describe()}); pass --align to reproject it")
+        if not _overlaps(own, grid):
+            raise SceneError(f"{date.source} does not overlap the first date ({own.describe()} vs {grid.describe()}): "
+                             f"nothing to compare")
+    offset = p.scaling.dn_offset if options.dn_offset is None else options.dn_offset
+    return grid, [DateReader(d, p, grid, stack, offset, options.mask_quality) for d in dates]
+
+
+def _overlaps(a: Grid, b: Grid) -> bool:
+    from rasterio.warp import transform_bounds
+
+    w, s, e, n = transform_bounds(a.crs, b.crs, *a.bounds) if a.crs != b.crs else a.bounds
+    bw, bs, be, bn = b.bounds
+    return w < be and e > bw and s < bn and n > bs
 
 
 def predict_scene(engine: Engine, dates: list[str | Path], out: str | Path, options: SceneOptions | None = None) -> Path:
-    """Run ``engine`` over whole-scene GeoTIFFs (one per date) and write a GeoTIFF map."""
+    """Run ``engine`` over a whole scene (one input per date) and write a COG map."""
     import rasterio
     from rasterio.windows import Window
 
     options = options or SceneOptions()
+    if options.probabilities_encoding not in PROBABILITY_ENCODINGS:
+        raise SceneError(f"probabilities encoding must be one of {', '.join(PROBABILITY_ENCODINGS)}, "
+                         f"got {options.probabilities_encoding!r}")
     p = engine.profile
     out = Path(out)
+    paths = [Path(d) for d in dates]
+    check_output(out, paths)
     tile = p.tile_size
     overlap = tile // 4 if options.overlap is None else options.overlap
     if not 0 <= overlap < tile:
@@ -131,34 +149,33 @@ def predict_scene(engine: Engine, dates: list[str | Path], out: str | Path, opti
     weights = hann_weights(tile)
     count, dtype, nodata = output_layout(engine)
     with contextlib.ExitStack() as stack:
-        readers = open_dates([Path(d) for d in dates], engine, options, stack)
-        ref = readers[0][0]
-        # GDAL's block cache defaults to 5% of RAM. A strip spans two block rows, so three
-        # block rows of every date avoid decompressing blocks twice, whatever the height.
-        block_row = sum(src.width * src.block_shapes[0][0] * src.count * np.dtype(src.dtypes[0]).itemsize
-                        for src, _ in readers)
-        stack.enter_context(rasterio.Env(GDAL_CACHEMAX=max(64, 3 * block_row >> 20)))  # MB
-        height, width = ref.shape
+        grid, readers = open_dates(paths, engine, options, stack)
+        height, width = grid.shape
         rows, cols = tile_starts(height, tile, stride), tile_starts(width, tile, stride)
         pad_w = max(0, tile - width)  # scenes narrower than a tile (a short one is padded by the strip)
         meta = {"driver": "GTiff", "width": width, "height": height, "count": count, "dtype": dtype,
-                "nodata": nodata, "crs": ref.crs, "transform": ref.transform, "tiled": True,
-                "blockxsize": 256, "blockysize": 256, "compress": "deflate"}
-        tmp = stack.enter_context(atomic_path(out, suffix='.tmp.tif'))
-        dst = stack.enter_context(rasterio.open(tmp, "w", **meta))
+                "nodata": nodata, "crs": grid.crs, "transform": grid.transform, "tiled": True,
+                "blockxsize": COG_BLOCK, "blockysize": COG_BLOCK,
+                "photometric": "MINISBLACK"}  # 3 uint8 bands would otherwise default to RGB
+        work = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=out.parent if out.parent.is_dir() else None,
+                                                                    prefix=f".{out.name}.")))
+        dst = stack.enter_context(rasterio.open(work / "map.tif", "w", **meta))
         probs_dst = None
         if options.probabilities:
-            probs_path = out.with_suffix(".probs.tif")
-            ptmp = stack.enter_context(atomic_path(probs_path, suffix='.tmp.tif'))
+            u8 = options.probabilities_encoding == "uint8"
             probs_dst = stack.enter_context(rasterio.open(
-                ptmp, "w", **{**meta, "count": p.t_out * p.c_out, "dtype": "float32", "nodata": np.nan}))
+                work / "probs.tif", "w", **{**meta, "count": p.t_out * p.c_out, "dtype": "uint8" if u8 else "float32",
+                                            "nodata": 255 if u8 else np.nan}))
         bar = tqdm(total=len(rows) * len(cols), desc=f"{p.name} tiles", unit="tile", disable=not options.progress)
         acc = np.zeros((p.t_out, p.c_out, tile, width + pad_w), np.float32)
         wsum = np.zeros((tile, width + pad_w), np.float32)
         acc_top = 0  # scene row held by accumulator row 0
+        reader = stack.enter_context(ThreadPoolExecutor(max_workers=1, thread_name_prefix="stsun-read"))
+        pending = reader.submit(read_strip, readers, p, rows[0], tile, width, height, pad_w)
         for ri, y0 in enumerate(rows):
-            dn_offset = p.scaling.dn_offset if options.dn_offset is None else options.dn_offset
-            strip, valid = read_strip(readers, p, y0, tile, width, height, pad_w, dn_offset)
+            strip, valid = pending.result()
+            if ri + 1 < len(rows):  # read the next strip while the engine works on this one
+                pending = reader.submit(read_strip, readers, p, rows[ri + 1], tile, width, height, pad_w)
             shift = y0 - acc_top
             if shift:  # rows above y0 are final: roll the accumulator up
                 acc[:, :, :-shift], acc[:, :, -shift:] = acc[:, :, shift:].copy(), 0
@@ -167,9 +184,9 @@ def predict_scene(engine: Engine, dates: list[str | Path], out: str | Path, opti
             todo = [x0 for x0 in cols if valid[:, x0:x0 + tile].any()]
             bar.update(len(cols) - len(todo))
             step = engine.max_batch or 8
-            for i in range(0, len(todo), step):
-                chunk = todo[i:i + step]
-                logits = engine(np.stack([strip[:, :, :, x0:x0 + tile] for x0 in chunk]))
+            chunks = [todo[i:i + step] for i in range(0, len(todo), step)]
+            batches = [np.stack([strip[:, :, :, x0:x0 + tile] for x0 in chunk]) for chunk in chunks]
+            for chunk, logits in zip(chunks, engine.run_many(batches)):
                 for x0, lg in zip(chunk, logits):
                     acc[:, :, :tile, x0:x0 + tile] += lg * weights
                     wsum[:tile, x0:x0 + tile] += weights
@@ -179,14 +196,34 @@ def predict_scene(engine: Engine, dates: list[str | Path], out: str | Path, opti
                        p, nodata, Window(0, y0, width, n))
         bar.close()
         dst.update_tags(profile=p.name, task=p.task, classes=",".join(p.classes), backend=engine.backend,
-                        encoding=__doc__.split("Output bands by task")[1].strip())
-        if p.task != "bcd":
-            dst.write_colormap(1, {i: (*c, 255) for i, c in enumerate(class_colours(p.c_out))})
-        else:
-            dst.write_colormap(1, {i: (*c, 255) for i, c in enumerate(CHANGE_COLOURS)})
+                        encoding=__doc__.split("Output bands by task")[1].split("The map is written")[0].strip())
+        colours = CHANGE_COLOURS if p.task == "bcd" else class_colours(p.c_out)
+        # TIFF palettes exist for single-band images only; every map also carries its colours as a tag
+        dst.update_tags(colormap=json.dumps({i: c for i, c in enumerate(colours)}))
+        if count == 1:
+            dst.write_colormap(1, {i: (*c, 255) for i, c in enumerate(colours)})
         for b in range(count):
             dst.set_band_description(b + 1, band_name(p, b))
+        if probs_dst is not None:
+            for b in range(p.t_out * p.c_out):
+                probs_dst.set_band_description(b + 1, f"p_date{b // p.c_out + 1}_{p.classes[b % p.c_out]}")
+            if options.probabilities_encoding == "uint8":
+                probs_dst.scales = [1 / 254] * (p.t_out * p.c_out)
+            probs_dst.close()
+            to_cog(work / "probs.tif", out.with_suffix(".probs.tif"), "AVERAGE")
+        dst.close()
+        to_cog(work / "map.tif", out, "MODE")
     return out
+
+
+def to_cog(src: Path, out: Path, overview_resampling: str) -> None:
+    """Copy a finished GeoTIFF into a Cloud-Optimized GeoTIFF at ``out``, atomically. The copy is
+    also what keeps the file compact: blocks that strip-wise writing rewrote are not carried over."""
+    import rasterio.shutil
+
+    with atomic_path(out, suffix=".tmp.tif") as tmp:
+        rasterio.shutil.copy(src, tmp, driver="COG", COMPRESS="DEFLATE", PREDICTOR="YES", BLOCKSIZE=COG_BLOCK,
+                             OVERVIEW_RESAMPLING=overview_resampling, NUM_THREADS="ALL_CPUS")
 
 
 def band_name(p, b: int) -> str:
@@ -197,7 +234,8 @@ def band_name(p, b: int) -> str:
     return f"class_date{b + 1}" if b < p.t_out else f"fromto_date{b - p.t_out + 1}_to_date{b - p.t_out + 2}"
 
 
-def read_strip(readers, p, y0: int, tile: int, width: int, height: int, pad_w: int, dn_offset: float) -> tuple[np.ndarray, np.ndarray]:
+def read_strip(readers: list[DateReader], p, y0: int, tile: int, width: int, height: int,
+               pad_w: int) -> tuple[np.ndarray, np.ndarray]:
     """(T_in, C_in, tile, width+pad) scaled input for scene rows [y0, y0+tile), and a
     (tile, width+pad) mask that is True where every date has data."""
     from rasterio.windows import Window
@@ -207,11 +245,10 @@ def read_strip(readers, p, y0: int, tile: int, width: int, height: int, pad_w: i
     strip = np.zeros((p.t_in, p.c_in, tile, width + pad_w), np.float32)
     valid = np.zeros((tile, width + pad_w), bool)
     valid[:h, :width] = True
-    for t, (src, order) in enumerate(readers):
-        raw = src.read(indexes=[i + 1 for i in order], window=window, out_dtype="float32")
-        mask = src.read_masks(window=window).min(axis=0) > 0
-        valid[:h, :width] &= mask & np.isfinite(raw).all(axis=0)
-        strip[t, :, :h, :width] = (raw + dn_offset) * p.scaling.scale + p.scaling.offset
+    for t, reader in enumerate(readers):
+        x, ok = reader.read(window)
+        valid[:h, :width] &= ok
+        strip[t, :, :h, :width] = x
     strip[:, :, ~valid] = 0.0  # nodata never reaches the engine (it would reject NaN)
     return strip, valid
 
@@ -223,8 +260,12 @@ def write_rows(dst, probs_dst, acc: np.ndarray, wsum: np.ndarray, valid: np.ndar
     dst.write(bands.astype(dst.dtypes[0]), window=window)
     if probs_dst is not None:
         probs = probabilities(logits).reshape(-1, *logits.shape[-2:])
-        probs[:, ~valid] = np.nan
-        probs_dst.write(probs.astype(np.float32), window=window)
+        if probs_dst.dtypes[0] == "uint8":
+            probs = np.round(probs * 254)
+            probs[:, ~valid] = 255
+        else:
+            probs[:, ~valid] = np.nan
+        probs_dst.write(probs.astype(probs_dst.dtypes[0]), window=window)
 
 
 def preview(dates: list[str | Path], prediction: str | Path, path: str | Path, profile, max_px: int = 1024) -> Path:
@@ -235,6 +276,7 @@ def preview(dates: list[str | Path], prediction: str | Path, path: str | Path, p
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import rasterio
+    import rasterio.windows
     from matplotlib.colors import ListedColormap
 
     with rasterio.open(prediction) as src:
@@ -243,13 +285,18 @@ def preview(dates: list[str | Path], prediction: str | Path, path: str | Path, p
         bands = src.read(out_shape=(src.count, *shape), resampling=rasterio.enums.Resampling.nearest)
         nodata = src.nodata
     panels = []
-    for t, d in enumerate(dates):
-        if profile.rgb_bands:
-            with rasterio.open(d) as src:
-                order = band_order(src.descriptions, profile.band_names, str(d))
-                idx = [order[profile.band_names.index(b)] + 1 for b in profile.rgb_bands]
-                rgb = src.read(idx, out_shape=(3, *shape)).astype(np.float32) * profile.scaling.scale + profile.scaling.offset
-            panels.append((f"date {t + 1}: RGB", np.clip(rgb.transpose(1, 2, 0) * 3.5, 0, 1), None))
+    if profile.rgb_bands:
+        from affine import Affine
+
+        with contextlib.ExitStack() as stack:
+            full = native_grid(resolve_date(dates[0], profile), profile)
+            small = Grid(full.crs, full.transform * Affine.scale(full.width / shape[1], full.height / shape[0]),
+                         shape[1], shape[0])
+            for t, d in enumerate(dates):
+                x, _ = DateReader(resolve_date(d, profile), profile, small, stack, profile.scaling.dn_offset).read(
+                    rasterio.windows.Window(0, 0, shape[1], shape[0]))
+                rgb = x[[profile.band_names.index(b) for b in profile.rgb_bands]]
+                panels.append((f"date {t + 1}: RGB", np.clip(rgb.transpose(1, 2, 0) * 3.5, 0, 1), None))
     n_maps = profile.t_out
     classes_cmap = ListedColormap([np.array(c) / 255 for c in class_colours(profile.c_out)])
     change_cmap = ListedColormap([np.array(c) / 255 for c in CHANGE_COLOURS])

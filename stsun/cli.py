@@ -130,8 +130,10 @@ def evaluate(
 
 @app.command()
 def predict(
-    dates: Annotated[list[Path], typer.Argument(help="One multi-band GeoTIFF per date, in date order.")],
-    output: Annotated[Path, typer.Option("-o", "--output", help="Output GeoTIFF.")],
+    dates: Annotated[list[Path], typer.Argument(help="One input per date, in date order: a multi-band raster, a "
+                                                     "directory of band files (Sentinel-2 SAFE, Landsat, COGs) or "
+                                                     "a STAC Item JSON.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Output map (a Cloud-Optimized GeoTIFF).")],
     engine_dir: Annotated[Path, typer.Option("--engine", help="Build directory from build_engine.py.")],
     profile: Annotated[Optional[str], typer.Option(help="Expected profile (checked against the build).")] = None,
     backend: Annotated[str, typer.Option(help=_backend_help())] = "onnxruntime",
@@ -141,19 +143,27 @@ def predict(
     align: Annotated[bool, typer.Option(help="Reproject later dates onto the first date's grid.")] = False,
     dn_offset: Annotated[Optional[float], typer.Option(help="Added to raw values before scaling (default: the profile's "
                                                             "scaling.dn_offset; Sentinel-2 baseline >= 04.00: -1000).")] = None,
-    probabilities: Annotated[bool, typer.Option(help="Also write OUTPUT.probs.tif (float32).")] = False,
+    probabilities: Annotated[bool, typer.Option(help="Also write OUTPUT.probs.tif.")] = False,
+    probabilities_encoding: Annotated[str, typer.Option(help="float32, or uint8 (p * 254, 255 = nodata, band scale "
+                                                             "1/254: a quarter of the size).")] = "float32",
+    mask_quality: Annotated[bool, typer.Option(help="Mask cloud, shadow, saturated and no-data pixels with the "
+                                                    "product's quality band (Sentinel-2 SCL, Landsat QA_PIXEL).")] = False,
+    url: Annotated[Optional[str], typer.Option(help="--backend triton: the server (host:port).")] = None,
+    protocol: Annotated[str, typer.Option(help="--backend triton: http or grpc.")] = "http",
     preview: Annotated[Optional[Path], typer.Option(help="Also write a PNG overview of inputs and maps.")] = None,
 ) -> None:
-    """Whole-scene inference: tiled, blended and streamed into a georeferenced GeoTIFF."""
+    """Whole-scene inference: tiled, blended and streamed into a Cloud-Optimized GeoTIFF."""
     from stsun.errors import EngineError
     from stsun.runtime import load_engine
     from stsun.runtime.scene import SceneOptions, predict_scene, preview as write_preview
 
-    engine = load_engine(engine_dir, backend=backend, precision=precision)
+    remote = {"url": url, "protocol": protocol} if backend == "triton" and url else {}
+    engine = load_engine(engine_dir, backend=backend, precision=precision, **remote)
     if profile and load_profile(profile).name != engine.profile.name:
         raise EngineError(f"{engine_dir} was built for profile '{engine.profile.name}', not '{profile}'")
-    predict_scene(engine, list(dates), output, SceneOptions(overlap=overlap, align=align, dn_offset=dn_offset,
-                                                            probabilities=probabilities))
+    predict_scene(engine, list(dates), output, SceneOptions(
+        overlap=overlap, align=align, dn_offset=dn_offset, probabilities=probabilities,
+        probabilities_encoding=probabilities_encoding, mask_quality=mask_quality))
     if preview:
         write_preview(list(dates), output, preview, engine.profile)
     console.print(f"wrote {output}")

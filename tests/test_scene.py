@@ -7,6 +7,8 @@ from stsun.classmaps import predicted_classes
 from stsun.runtime import load_engine
 
 rasterio = pytest.importorskip("rasterio", reason="the geo extra (rasterio) is not installed")
+import rasterio.warp  # noqa: E402
+
 from stsun.runtime.scene import SceneError, SceneOptions, predict_scene  # noqa: E402
 from stsun.synthetic import write_scene  # noqa: E402
 
@@ -78,7 +80,10 @@ def test_bad_inputs_give_clear_errors_and_no_output(scd_build, tmp_path):
     p = engine.profile
     a = write_scene(p, tmp_path / "a", size=256, seed=4)["dates"]
     b = write_scene(p, tmp_path / "b", size=300, seed=4)["dates"]
-    shifted = write_scene(p, tmp_path / "c", size=256, seed=4, crs="EPSG:32632")["dates"]
+    far = write_scene(p, tmp_path / "c", size=256, seed=4, crs="EPSG:32632")["dates"]  # same numbers, 6 degrees west
+    # the same place in the neighbouring UTM zone: another grid that does overlap
+    (x,), (y,) = rasterio.warp.transform("EPSG:32633", "EPSG:32632", [500000.0], [5000000.0])
+    shifted = write_scene(p, tmp_path / "e", size=256, seed=4, crs="EPSG:32632", origin=(x, y))["dates"]
     rgb = write_scene(load_profile("whu-ss").model_copy(update={"tile_size": 256}), tmp_path / "d", size=256)["dates"]
     out = tmp_path / "out.tif"
     cases = [([a[0], b[1]], "does not share the first date's grid"),
@@ -90,6 +95,9 @@ def test_bad_inputs_give_clear_errors_and_no_output(scd_build, tmp_path):
         with pytest.raises(SceneError, match=message):
             predict_scene(engine, dates, out, SceneOptions(progress=False))
         assert not out.exists() and not list(tmp_path.glob(".out.tif*"))
+    with pytest.raises(SceneError, match="does not overlap the first date"):  # --align cannot help there
+        predict_scene(engine, [a[0], far[1]], out, SceneOptions(align=True, progress=False))
+    assert not out.exists()
     # --align reprojects instead of refusing
     predict_scene(engine, [a[0], shifted[1]], out, SceneOptions(align=True, progress=False))
     assert out.exists()

@@ -1,0 +1,315 @@
+"""Scene inputs as users get them: where each of a profile's bands comes from, for one date.
+
+A date may be
+- a multi-band raster (bands matched by description, else by order);
+- a directory of single-band rasters (GeoTIFF/COG or JP2) matched by the band id in the file
+  name (``B02`` is the profile's ``B2``, ``B8A`` stays ``B8A``), including the Sentinel-2 SAFE
+  layout (``GRANULE/*/IMG_DATA/R10m|R20m|R60m``, the finest resolution of each band preferred)
+  and Landsat Collection 2 (``*_SR_B<n>.TIF``);
+- a STAC Item JSON with local asset hrefs, matched by asset key, band name or common name, with
+  ``raster:bands`` scale/offset honoured.
+The product's quality band (Sentinel-2 ``SCL``, Landsat ``QA_PIXEL``) is found too, for masking.
+
+``DateReader`` reads any window of a date onto one target grid, already scaled as the model
+wants it, with its validity mask computed from the values read (nodata, NaN) rather than by
+re-decoding per-band masks. Bands off the grid are warped onto it: bilinear when a coarser band
+is upsampled (20 m onto 10 m: smooth, no block edges, never overshoots the neighbours the way
+cubic can), average when a finer one is downsampled, nearest for quality bands (class codes and
+bit fields must not be interpolated).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from stsun.errors import SceneError
+from stsun.profiles import Profile
+
+RASTER_SUFFIXES = (".tif", ".tiff", ".jp2")
+# Sentinel-2 scene classes masked on request: no data, saturated/defective, cloud shadow,
+# cloud (medium, high probability), thin cirrus.
+SCL_MASKED = (0, 1, 3, 8, 9, 10)
+# Landsat Collection 2 QA_PIXEL bits masked on request: fill, dilated cloud, cirrus, cloud, shadow.
+QA_PIXEL_MASKED_BITS = (0, 1, 2, 3, 4)
+_BAND_ID = re.compile(r"(?<![A-Za-z0-9])B0*(\d{1,2}A?)(?![A-Za-z0-9])", re.I)
+_RES_DIR = re.compile(r"^R(\d+)m$")
+
+
+def band_key(name: str) -> str:
+    """A band name in a form files and profiles agree on: ``B02``/``b2`` -> ``B2``, ``B8A`` ->
+    ``B8A``; any other name lower-cased (``Red`` -> ``red``)."""
+    m = _BAND_ID.fullmatch(name.strip())
+    return f"B{m.group(1).upper()}" if m else name.strip().lower()
+
+
+@dataclass(frozen=True)
+class BandSource:
+    band: str                    # the profile's band name
+    path: str                    # a file rasterio opens
+    index: int = 1               # 1-based band index in that file
+    scale: float | None = None   # STAC raster:bands: input = raw * scale + offset, instead of the profile's
+    offset: float = 0.0
+
+
+@dataclass
+class DateInput:
+    """Where one date's bands (in profile order) and its quality band come from."""
+
+    source: Path
+    kind: str
+    bands: list[BandSource]
+    quality: tuple[str, str] | None = None   # (path, "scl" | "qa_pixel")
+    notes: list[str] = field(default_factory=list)
+
+
+def resolve_date(path: str | Path, profile: Profile) -> DateInput:
+    path = Path(path)
+    if not path.exists():
+        raise SceneError(f"input not found: {path}")
+    if path.is_dir():
+        return _from_directory(path, profile)
+    if path.suffix.lower() == ".json":
+        return _from_stac(path, profile)
+    return _from_multiband(path, profile)
+
+
+def band_order(descriptions: tuple[str | None, ...], profile_bands: tuple[str, ...], path: str) -> list[int]:
+    """Indexes of the file's bands in profile order: by band description when the file has
+    descriptions for all bands, else by position."""
+    if len(descriptions) != len(profile_bands):
+        raise SceneError(f"{path}: has {len(descriptions)} bands, profile expects {len(profile_bands)} "
+                         f"({', '.join(profile_bands)})")
+    if all(descriptions):
+        missing = [b for b in profile_bands if b not in descriptions]
+        if missing:
+            raise SceneError(f"{path}: band descriptions {list(descriptions)} lack the profile's bands {missing}")
+        return [descriptions.index(b) for b in profile_bands]
+    return list(range(len(profile_bands)))
+
+
+def _from_multiband(path: Path, profile: Profile) -> DateInput:
+    import rasterio
+    from rasterio.errors import RasterioIOError
+
+    try:
+        with rasterio.open(path) as src:
+            order = band_order(src.descriptions, profile.band_names, str(path))
+    except RasterioIOError as err:
+        raise SceneError(f"{path}: not a readable raster ({err})") from None
+    return DateInput(path, "multi-band raster", [BandSource(b, str(path), i + 1)
+                                                 for b, i in zip(profile.band_names, order)])
+
+
+def _resolution_dir(path: Path) -> int | None:
+    m = _RES_DIR.match(path.parent.name)
+    return int(m.group(1)) if m else None
+
+
+def _from_directory(path: Path, profile: Profile) -> DateInput:
+    files = sorted(f for f in path.rglob("*") if f.is_file() and f.suffix.lower() in RASTER_SUFFIXES)
+    wanted = {band_key(b): b for b in profile.band_names}
+    claims: dict[str, list[Path]] = {}
+    quality = None
+    for f in files:
+        stem = f.stem
+        if re.search(r"(?<![A-Za-z0-9])SCL(?![A-Za-z0-9])", stem):
+            quality = _finest(quality, (f, "scl"))
+            continue
+        if re.search(r"QA_PIXEL", stem, re.I):
+            quality = _finest(quality, (f, "qa_pixel"))
+            continue
+        ids = {band_key(m.group(0)) for m in _BAND_ID.finditer(stem)} | {band_key(stem)}
+        for key in ids & set(wanted):
+            claims.setdefault(key, []).append(f)
+    safe = any(p.name == "IMG_DATA" for f in files for p in f.parents) or path.suffix.upper() == ".SAFE"
+    landsat = any(re.search(r"_SR_B\d", f.name, re.I) for f in files)
+    kind = "Sentinel-2 SAFE product" if safe else "Landsat product" if landsat else "band directory"
+    missing = [wanted[k] for k in wanted if k not in claims]
+    if missing:
+        raise SceneError(f"{path} ({kind}): no file for the profile's band(s) {', '.join(missing)} "
+                         f"(looked for the band id in the names of {len(files)} raster files)")
+    bands = []
+    for key, name in wanted.items():
+        chosen = claims[key]
+        if len(chosen) > 1:
+            res = [_resolution_dir(f) for f in chosen]
+            if None in res or len(set(res)) != len(res):  # only SAFE's R10m/R20m/R60m copies may repeat a band
+                raise SceneError(f"{path}: {len(chosen)} files claim band {name}: "
+                                 f"{', '.join(str(f.relative_to(path)) for f in chosen)}")
+            chosen = [chosen[res.index(min(res))]]
+        bands.append(BandSource(name, str(chosen[0])))
+    q = (str(quality[0]), quality[1]) if quality else None
+    return DateInput(path, kind, bands, q)
+
+
+def _finest(current: tuple[Path, str] | None, new: tuple[Path, str]) -> tuple[Path, str]:
+    if current is None:
+        return new
+    rc, rn = _resolution_dir(current[0]) or 10 ** 6, _resolution_dir(new[0]) or 10 ** 6
+    return new if rn < rc else current
+
+
+def _from_stac(path: Path, profile: Profile) -> DateInput:
+    import pystac
+
+    try:
+        item = pystac.Item.from_file(str(path))
+    except (json.JSONDecodeError, KeyError, ValueError, pystac.STACError) as err:
+        raise SceneError(f"{path}: not a STAC Item ({err})") from None
+    wanted = {band_key(b): b for b in profile.band_names}
+    found: dict[str, list[BandSource]] = {}
+    quality = None
+    for key, asset in item.assets.items():
+        href = asset.get_absolute_href() or asset.href
+        href = href.removeprefix("file://")
+        if "://" in href:
+            continue  # remote assets: this reads local files only
+        fields = asset.extra_fields
+        bands = fields.get("eo:bands") or fields.get("bands") or [{}]
+        raster = fields.get("raster:bands") or [{}]
+        if band_key(key) in ("scl",) or key.lower() == "qa_pixel":
+            quality = (href, "scl" if band_key(key) == "scl" else "qa_pixel")
+            continue
+        for i, b in enumerate(bands):
+            names = {band_key(key)} if len(bands) == 1 else set()
+            names |= {band_key(str(b[k])) for k in ("name", "common_name", "eo:common_name") if b.get(k)}
+            r = raster[i] if i < len(raster) else {}
+            scale = r.get("scale", b.get("scale"))
+            for k in names & set(wanted):
+                found.setdefault(k, []).append(BandSource(wanted[k], href, i + 1, scale, float(r.get("offset", b.get("offset", 0.0)) or 0.0)))
+    missing = [wanted[k] for k in wanted if k not in found]
+    if missing:
+        raise SceneError(f"{path}: the STAC item has no local asset for the profile's band(s) {', '.join(missing)} "
+                         f"(matched by asset key, eo:bands name or common name; assets: {', '.join(item.assets)})")
+    double = [f"{wanted[k]} ({', '.join(s.path for s in v)})" for k, v in found.items() if len({(s.path, s.index) for s in v}) > 1]
+    if double:
+        raise SceneError(f"{path}: several assets claim band(s) {'; '.join(double)}")
+    for s in (v[0] for v in found.values()):
+        if not Path(s.path).is_file():
+            raise SceneError(f"{path}: asset file {s.path} for band {s.band} not found")
+    return DateInput(path, "STAC item", [found[k][0] for k in wanted], quality)
+
+
+@dataclass(frozen=True)
+class Grid:
+    crs: object
+    transform: object
+    width: int
+    height: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.height, self.width
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        from rasterio.transform import array_bounds
+
+        return array_bounds(self.height, self.width, self.transform)  # west, south, east, north
+
+    def describe(self) -> str:
+        return f"CRS {self.crs}, {self.width} x {self.height} px, origin ({self.transform.c:g}, {self.transform.f:g}), " \
+               f"pixel {self.transform.a:g} m"
+
+
+def native_grid(date: DateInput, profile: Profile) -> Grid:
+    """The date's own grid: its finest band's grid, or, when that is not at the profile's GSD,
+    a grid at the profile's GSD over the same area (projected CRS only)."""
+    import rasterio
+    from rasterio.transform import from_origin
+
+    grids = []
+    for path in dict.fromkeys(s.path for s in date.bands):
+        with rasterio.open(path) as src:
+            grids.append(Grid(src.crs, src.transform, src.width, src.height))
+    finest = min(grids, key=lambda g: abs(g.transform.a))
+    res = abs(finest.transform.a)
+    if len(grids) == 1 or finest.crs is None or finest.crs.is_geographic or abs(res - profile.gsd_m) <= 0.01 * profile.gsd_m:
+        return finest
+    west, south, east, north = finest.bounds
+    width, height = round((east - west) / profile.gsd_m), round((north - south) / profile.gsd_m)
+    return Grid(finest.crs, from_origin(west, north, profile.gsd_m, profile.gsd_m), width, height)
+
+
+class DateReader:
+    """Reads windows of one date onto ``grid``, scaled for the model, with a validity mask."""
+
+    def __init__(self, date: DateInput, profile: Profile, grid: Grid, stack: contextlib.ExitStack,
+                 dn_offset: float, mask_quality: bool = False) -> None:
+        import rasterio
+        from rasterio.enums import MaskFlags, Resampling
+        from rasterio.vrt import WarpedVRT
+
+        self.date, self.profile, self.grid = date, profile, grid
+        self.dn_offset = dn_offset
+        self.groups: list[tuple[object, list[int], list[BandSource], float | None, bool]] = []
+        by_path: dict[str, list[tuple[int, BandSource]]] = {}
+        for pos, s in enumerate(date.bands):
+            by_path.setdefault(s.path, []).append((pos, s))
+        self.positions: list[list[int]] = []
+        for path, items in by_path.items():
+            src = stack.enter_context(rasterio.open(path))
+            indexes = [s.index for _, s in items]
+            on_grid = (src.crs == grid.crs and src.transform == grid.transform and src.shape == grid.shape)
+            nodata = src.nodata if src.nodata is not None else profile.nodata
+            # per-dataset masks and alpha bands are not expressible as a value: only then read masks
+            flags = [src.mask_flag_enums[i - 1] for i in indexes]
+            needs_masks = any(MaskFlags.per_dataset in f or MaskFlags.alpha in f for f in flags)
+            if not on_grid:
+                finer = abs(src.transform.a) < abs(grid.transform.a) and src.crs == grid.crs
+                # without a nodata value, an alpha band marks what lies outside the source
+                src = stack.enter_context(WarpedVRT(
+                    src, crs=grid.crs, transform=grid.transform, width=grid.width, height=grid.height,
+                    resampling=Resampling.average if finer else Resampling.bilinear,
+                    src_nodata=nodata, nodata=nodata, add_alpha=nodata is None))
+                needs_masks = needs_masks or nodata is None
+            self.groups.append((src, indexes, [s for _, s in items], nodata, needs_masks))
+            self.positions.append([pos for pos, _ in items])
+        self.quality = None
+        if mask_quality:
+            if date.quality is None:
+                raise SceneError(f"{date.source}: --mask-quality needs the product's quality band (Sentinel-2 SCL or "
+                                 f"Landsat QA_PIXEL), and this {date.kind} has none")
+            qpath, qkind = date.quality
+            q = stack.enter_context(rasterio.open(qpath))
+            if not (q.crs == grid.crs and q.transform == grid.transform and q.shape == grid.shape):
+                q = stack.enter_context(WarpedVRT(q, crs=grid.crs, transform=grid.transform, width=grid.width,
+                                                  height=grid.height, resampling=Resampling.nearest))
+            self.quality = (q, qkind)
+
+    def read(self, window) -> tuple[np.ndarray, np.ndarray]:
+        """(C_in, h, w) model input and a (h, w) mask, True where every band has data (and the
+        quality band, when masking, does not flag the pixel)."""
+        p = self.profile
+        h, w = int(window.height), int(window.width)
+        out = np.empty((p.c_in, h, w), np.float32)
+        valid = np.ones((h, w), bool)
+        for (src, indexes, sources, nodata, needs_masks), positions in zip(self.groups, self.positions):
+            raw = src.read(indexes=indexes, window=window, out_dtype="float32")
+            if needs_masks:
+                valid &= src.read_masks(indexes=indexes, window=window).min(axis=0) > 0
+            elif nodata is not None:
+                valid &= ~(raw == np.float32(nodata)).any(axis=0)
+            valid &= np.isfinite(raw).all(axis=0)
+            for band, s, pos in zip(raw, sources, positions):
+                if s.scale is not None:
+                    out[pos] = band * s.scale + s.offset
+                else:
+                    out[pos] = (band + self.dn_offset) * p.scaling.scale + p.scaling.offset
+        if self.quality is not None:
+            q, kind = self.quality
+            code = q.read(1, window=window)
+            if kind == "scl":
+                valid &= ~np.isin(code, SCL_MASKED)
+            else:
+                bits = sum(1 << b for b in QA_PIXEL_MASKED_BITS)
+                valid &= (code.astype(np.int64) & bits) == 0
+        return out, valid
+
+
+__all__ = ["BandSource", "DateInput", "DateReader", "Grid", "band_key", "band_order", "native_grid", "resolve_date"]

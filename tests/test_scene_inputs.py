@@ -1,0 +1,245 @@
+"""Scenes as users get them: per-band products (10 m and 20 m bands, a SAFE tree, a Landsat set,
+a STAC item) in, Cloud-Optimized GeoTIFF out. Every product here is written by the test itself
+from one synthetic scene, so the pre-stacked equivalent is known exactly."""
+import json
+
+import numpy as np
+import pytest
+
+rasterio = pytest.importorskip("rasterio", reason="the geo extra (rasterio) is not installed")
+from affine import Affine  # noqa: E402
+from rasterio.enums import Resampling  # noqa: E402
+from rasterio.warp import reproject  # noqa: E402
+from rio_cogeo.cogeo import cog_validate  # noqa: E402
+
+from stsun import load_profile  # noqa: E402
+from stsun.errors import SceneError  # noqa: E402
+from stsun.pipeline import build_artifacts  # noqa: E402
+from stsun.runtime import load_engine  # noqa: E402
+from stsun.runtime.scene import SceneOptions, predict_scene  # noqa: E402
+from stsun.runtime.scene_inputs import band_key, resolve_date  # noqa: E402
+from stsun.synthetic import write_scene  # noqa: E402
+
+S2_20M = ("B5", "B6", "B7", "B8A", "B11", "B12")
+SAFE_GRANULE = "S2B_MSIL2A_20230601T100559_N0509_R022_T33UUP_20230601T120000.SAFE/GRANULE/L2A_T33UUP_A032000/IMG_DATA"
+
+
+def write_band(path, data, transform, crs, nodata=0, driver="GTiff"):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    extra = {"QUALITY": 100, "REVERSIBLE": "YES"} if driver == "JP2OpenJPEG" else {"tiled": True}
+    with rasterio.open(path, "w", driver=driver, width=data.shape[1], height=data.shape[0], count=1,
+                       dtype=data.dtype, crs=crs, transform=transform, nodata=nodata, **extra) as dst:
+        dst.write(data, 1)
+
+
+def coarsen(data, factor=2):
+    h, w = data.shape
+    return data.reshape(h // factor, factor, w // factor, factor).mean(axis=(1, 3)).round().astype(data.dtype)
+
+
+def split(date_file, profile, name, out_dir, coarse=S2_20M, driver="GTiff", suffix=".tif"):
+    """One file per band; ``coarse`` bands at half the resolution. Returns {band: path}."""
+    paths = {}
+    with rasterio.open(date_file) as src:
+        for i, band in enumerate(profile.band_names):
+            data, transform = src.read(i + 1), src.transform
+            if band in coarse:
+                data, transform = coarsen(data), transform * Affine.scale(2)
+            paths[band] = out_dir / name(band, 20 if band in coarse else 10)
+            paths[band] = paths[band].with_suffix(suffix)
+            write_band(paths[band], data, transform, src.crs, driver=driver)
+    return paths
+
+
+def prestack(paths, profile, grid_file, out):
+    """What a user stacking by hand would make: every band warped bilinearly onto the 10 m grid."""
+    with rasterio.open(grid_file) as ref:
+        meta = {**ref.profile, "count": profile.c_in, "dtype": "float32", "nodata": 0}
+        stack = np.zeros((profile.c_in, ref.height, ref.width), np.float32)
+        for i, band in enumerate(profile.band_names):
+            with rasterio.open(paths[band]) as src:
+                reproject(rasterio.band(src, 1), stack[i], dst_transform=ref.transform, dst_crs=ref.crs,
+                          resampling=Resampling.bilinear, src_nodata=0, dst_nodata=0)
+    with rasterio.open(out, "w", **{k: v for k, v in meta.items() if k not in ("blockxsize", "blockysize", "tiled")}) as dst:
+        dst.write(stack)
+        for i, band in enumerate(profile.band_names):
+            dst.set_band_description(i + 1, band)
+    return out
+
+
+def read_map(path):
+    with rasterio.open(path) as src:
+        return src.read(), src.profile, src
+
+
+def agreement(a, b, nodata=255):
+    ok = (a != nodata) & (b != nodata)
+    return float((a[ok] == b[ok]).mean()), float(ok.mean())
+
+
+@pytest.fixture(scope="module")
+def s2(tmp_path_factory):
+    root = tmp_path_factory.mktemp("s2")
+    profile = load_profile("sentinel2-scd")
+    build_artifacts(profile, root / "build", precisions=("fp32",), max_batch=4, fidelity_tiles=1)
+    engine = load_engine(root / "build", backend="onnxruntime")
+    scene = write_scene(profile, root / "scene", size=512, seed=11)
+    return root, profile, engine, scene["dates"]
+
+
+def test_band_ids_in_file_names():
+    assert [band_key(n) for n in ("B02", "b2", "B8A", "B08", "B11", "Red")] == ["B2", "B2", "B8A", "B8", "B11", "red"]
+
+
+def test_band_directories_match_the_prestacked_scene(s2, tmp_path):
+    """Flat band directories (10 m + 20 m bands): the output is on the 10 m grid, keeps CRS and
+    transform, is a valid COG, and agrees with the same bands stacked by hand."""
+    _, profile, engine, dates = s2
+    dirs, stacks = [], []
+    for t, date in enumerate(dates):
+        paths = split(date, profile, lambda b, r: f"T33UUP_2023060{t + 1}_B{b[1:].zfill(2)}_{r}m", tmp_path / f"d{t}")
+        dirs.append(tmp_path / f"d{t}")
+        stacks.append(prestack(paths, profile, paths["B2"], tmp_path / f"stack{t}.tif"))
+    assert resolve_date(dirs[0], profile).kind == "band directory"
+    out = predict_scene(engine, dirs, tmp_path / "dirs.tif", SceneOptions(progress=False))
+    ref = predict_scene(engine, stacks, tmp_path / "stacked.tif", SceneOptions(progress=False))
+    got, prof, _ = read_map(out)
+    want, _, _ = read_map(ref)
+    with rasterio.open(dirs[0] / "T33UUP_20230601_B02_10m.tif") as b02:
+        assert (prof["crs"], prof["transform"], (prof["height"], prof["width"])) == (b02.crs, b02.transform, b02.shape)
+    agree, covered = agreement(got, want)
+    assert agree >= 0.99 and covered > 0.95, (agree, covered)
+    valid, errors, _ = cog_validate(str(out))
+    assert valid, errors
+    with rasterio.open(out) as src:  # overviews by MODE keep class codes; colours and names are kept
+        assert src.overviews(1) and json.loads(src.tags()["colormap"])["0"] == [214, 60, 60]
+        assert src.descriptions[0] == "class_date1" and src.tags()["profile"] == "sentinel2-scd"
+        assert set(np.unique(src.read(1, out_shape=(1, 128, 128)))) <= set(range(profile.c_out)) | {255}
+
+
+def test_safe_product_prefers_the_finest_band_and_masks_clouds(s2, tmp_path):
+    """A SAFE tree of JP2s: B02 exists at 10, 20 and 60 m (10 m is taken), SCL at 20 m masks a
+    cloud block on request, and only then."""
+    _, profile, engine, dates = s2
+    safes = []
+    for t, date in enumerate(dates):
+        root = tmp_path / f"safe{t}" / SAFE_GRANULE
+        paths = split(date, profile, lambda b, r: f"R{r}m/T33UUP_2023060{t + 1}T100559_B{b[1:].zfill(2)}_{r}m",
+                      root, driver="JP2OpenJPEG", suffix=".jp2")
+        with rasterio.open(paths["B2"]) as b02, rasterio.open(paths["B5"]) as b05:
+            data = b02.read(1)
+            write_band(root / "R20m" / "T33UUP_B02_20m.jp2", coarsen(data), b05.transform, b05.crs, driver="JP2OpenJPEG")
+            write_band(root / "R60m" / "T33UUP_B02_60m.jp2", coarsen(data, 4)[:64, :64], b05.transform * Affine.scale(3),
+                       b05.crs, driver="JP2OpenJPEG")
+            scl = np.full((256, 256), 4, np.uint8)  # 4 = vegetation
+            if t == 1:
+                scl[0:64, 0:64] = 9  # cloud, high probability: the top-left 128 x 128 px at 10 m
+            write_band(root / "R20m" / f"T33UUP_SCL_20m.jp2", scl, b05.transform, b05.crs, nodata=None,
+                       driver="JP2OpenJPEG")
+        safes.append(tmp_path / f"safe{t}")
+    date = resolve_date(safes[0], profile)
+    assert date.kind == "Sentinel-2 SAFE product" and date.quality[1] == "scl"
+    assert next(s.path for s in date.bands if s.band == "B2").endswith("R10m/T33UUP_20230601T100559_B02_10m.jp2")
+    plain = read_map(predict_scene(engine, safes, tmp_path / "plain.tif", SceneOptions(progress=False)))[0]
+    masked = read_map(predict_scene(engine, safes, tmp_path / "masked.tif", SceneOptions(mask_quality=True,
+                                                                                          progress=False)))[0]
+    assert (masked[:, :128, :128] == 255).all() and (plain[:, :128, :128] != 255).all()
+    assert (masked[:, 128:, :] == plain[:, 128:, :]).mean() > 0.99  # elsewhere unchanged (blending aside)
+    assert (masked != 255).mean() > 0.9
+
+
+def test_landsat_set_with_qa_pixel(tmp_path):
+    profile = load_profile("landsat8-ss")
+    build_artifacts(profile, tmp_path / "build", precisions=("fp32",), max_batch=4, fidelity_tiles=1)
+    engine = load_engine(tmp_path / "build", backend="onnxruntime")
+    date = write_scene(profile, tmp_path / "scene", size=256, seed=3)["dates"][0]
+    prefix = "LC09_L2SP_190027_20230601_20230603_02_T1"
+    paths = split(date, profile, lambda b, r: f"{prefix}_SR_{b}", tmp_path / "ls", coarse=(), suffix=".TIF")
+    with rasterio.open(paths["B1"]) as b1:
+        qa = np.full((256, 256), 1 << 6, np.uint16)  # bit 6: clear
+        qa[200:, 200:] = (1 << 3) | (1 << 1)  # cloud + dilated cloud
+        write_band(tmp_path / "ls" / f"{prefix}_QA_PIXEL.TIF", qa, b1.transform, b1.crs, nodata=1)
+        write_band(tmp_path / "ls" / f"{prefix}_ST_B10.TIF", b1.read(1), b1.transform, b1.crs)  # not a profile band
+    assert resolve_date(tmp_path / "ls", profile).kind == "Landsat product"
+    plain = read_map(predict_scene(engine, [tmp_path / "ls"], tmp_path / "ls.tif", SceneOptions(progress=False)))[0]
+    ref = read_map(predict_scene(engine, [date], tmp_path / "ref.tif", SceneOptions(progress=False)))[0]
+    assert (plain == ref).all()  # same data, same grid: the band files read exactly as the stacked file
+    masked = read_map(predict_scene(engine, [tmp_path / "ls"], tmp_path / "m.tif",
+                                    SceneOptions(mask_quality=True, progress=False)))[0]
+    assert (masked[:, 200:, 200:] == 255).all() and (masked[:, :200] != 255).all()
+
+
+def test_stac_item_with_scale_and_common_names(s2, tmp_path):
+    """A STAC item matched by asset key, eo:bands name and common name; one band stored with a
+    +1000 DN offset that its raster:bands scale/offset undo."""
+    _, profile, engine, dates = s2
+    items = []
+    for t, date in enumerate(dates):
+        d = tmp_path / f"stac{t}"
+        paths = split(date, profile, lambda b, r: f"{b}", d)
+        with rasterio.open(paths["B11"]) as src:
+            shifted, tr, crs = src.read(1).astype(np.uint16) + 1000, src.transform, src.crs
+        write_band(paths["B11"], shifted, tr, crs, nodata=None)
+        common = {"B2": "blue", "B3": "green", "B4": "red", "B5": "rededge1", "B8": "nir"}
+        assets = {}
+        for band, path in paths.items():
+            key = common.get(band, band.lower())
+            asset = {"href": path.name, "type": "image/tiff; application=geotiff",
+                     "eo:bands": [{"name": f"B{band[1:].zfill(2)}" if band != "B2" else "coastal-not-b2",
+                                   "common_name": common.get(band, "")}]}
+            if band == "B2":
+                asset["eo:bands"] = [{"common_name": "blue"}]  # matched by key only
+                key = "B02"
+            if band == "B11":
+                asset["raster:bands"] = [{"scale": profile.scaling.scale, "offset": -1000 * profile.scaling.scale}]
+            assets[key] = asset
+        item = {"type": "Feature", "stac_version": "1.0.0", "id": f"S2_{t}", "geometry": None,
+                "properties": {"datetime": f"2023-06-0{t + 1}T10:00:00Z"}, "links": [], "assets": assets,
+                "stac_extensions": ["https://stac-extensions.github.io/eo/v1.1.0/schema.json",
+                                    "https://stac-extensions.github.io/raster/v1.1.0/schema.json"]}
+        (d / "item.json").write_text(json.dumps(item))
+        items.append(d / "item.json")
+    resolved = resolve_date(items[0], profile)
+    assert resolved.kind == "STAC item" and next(s for s in resolved.bands if s.band == "B11").scale == profile.scaling.scale
+    out = predict_scene(engine, items, tmp_path / "stac.tif", SceneOptions(progress=False))
+    flat = [tmp_path / f"stac{t}" for t in range(2)]
+    for t in range(2):  # the same files as a band directory, B11 restored to plain DNs
+        with rasterio.open(flat[t] / "B11.tif") as src:
+            data, tr, crs = src.read(1) - 1000, src.transform, src.crs
+        write_band(flat[t] / "B11.tif", data.astype(np.uint16), tr, crs)
+        (flat[t] / "item.json").unlink()
+    ref = predict_scene(engine, flat, tmp_path / "flat.tif", SceneOptions(progress=False))
+    agree, covered = agreement(read_map(out)[0], read_map(ref)[0])
+    assert agree >= 0.999 and covered > 0.95
+
+
+def test_product_errors_name_the_problem_and_write_nothing(s2, tmp_path):
+    _, profile, engine, dates = s2
+    a = split(dates[0], profile, lambda b, r: f"X_{b}", tmp_path / "a")
+    b = split(dates[1], profile, lambda b, r: f"X_{b}", tmp_path / "b")
+    out = tmp_path / "out.tif"
+    a["B11"].unlink()
+    with pytest.raises(SceneError, match=r"no file for the profile's band\(s\) B11"):
+        predict_scene(engine, [tmp_path / "a", tmp_path / "b"], out, SceneOptions(progress=False))
+    with rasterio.open(b["B3"]) as src:
+        write_band(tmp_path / "b" / "copy_B03.tif", src.read(1), src.transform, src.crs)
+    with pytest.raises(SceneError, match=r"2 files claim band B3"):
+        predict_scene(engine, [dates[0], tmp_path / "b"], out, SceneOptions(progress=False))
+    with pytest.raises(SceneError, match="quality band"):
+        predict_scene(engine, dates, out, SceneOptions(mask_quality=True, progress=False))
+    with pytest.raises(SceneError, match="would overwrite the input"):
+        predict_scene(engine, dates, dates[1], SceneOptions(progress=False))
+    assert not out.exists() and not list(tmp_path.glob(".out.tif*"))
+
+
+def test_compact_probabilities(s2, tmp_path):
+    _, profile, engine, dates = s2
+    out = predict_scene(engine, dates, tmp_path / "p.tif", SceneOptions(probabilities=True, progress=False,
+                                                                        probabilities_encoding="uint8"))
+    with rasterio.open(out.with_suffix(".probs.tif")) as src:
+        assert src.dtypes[0] == "uint8" and src.nodata == 255 and src.scales[0] == pytest.approx(1 / 254)
+        probs = src.read().astype(np.float64).reshape(2, profile.c_out, *src.shape)
+    ok = (probs != 255).all(axis=1)
+    np.testing.assert_allclose((probs * src.scales[0]).sum(axis=1)[ok], 1.0, atol=profile.c_out / 254)
+    valid, errors, _ = cog_validate(str(out.with_suffix(".probs.tif")))
+    assert valid, errors
