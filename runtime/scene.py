@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import tempfile
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,7 @@ class SceneOptions:
     probabilities_encoding: str = "float32"
     mask_quality: bool = False      # the product's quality band (SCL / QA_PIXEL) masks cloud, shadow, no data
     progress: bool = True
+    timings: dict | None = None     # if given, filled with seconds per stage (benchmarks/scene.py)
 
 
 def hann_weights(size: int) -> np.ndarray:
@@ -170,30 +172,52 @@ def predict_scene(engine: Engine, dates: list[str | Path], out: str | Path, opti
         acc = np.zeros((p.t_out, p.c_out, tile, width + pad_w), np.float32)
         wsum = np.zeros((tile, width + pad_w), np.float32)
         acc_top = 0  # scene row held by accumulator row 0
+        clock = Stopwatch()
+        # Three stages overlap: the reader thread reads strip i+1, this thread runs the engine on
+        # strip i, the writer thread blends and writes strip i-1 (it alone touches the accumulator).
         reader = stack.enter_context(ThreadPoolExecutor(max_workers=1, thread_name_prefix="stsun-read"))
-        pending = reader.submit(read_strip, readers, p, rows[0], tile, width, height, pad_w)
+        writer = stack.enter_context(ThreadPoolExecutor(max_workers=1, thread_name_prefix="stsun-write"))
+
+        def read(y: int) -> tuple[np.ndarray, np.ndarray]:
+            with clock("read (reader thread)"):
+                return read_strip(readers, p, y, tile, width, height, pad_w)
+
+        def consume(ri: int, y0: int, chunks: list[list[int]], results: list[np.ndarray], valid: np.ndarray) -> None:
+            nonlocal acc_top
+            with clock("blend, encode and write (writer thread)"):
+                shift = y0 - acc_top
+                if shift:  # rows above y0 are final: roll the accumulator up
+                    acc[:, :, :-shift], acc[:, :, -shift:] = acc[:, :, shift:].copy(), 0
+                    wsum[:-shift], wsum[-shift:] = wsum[shift:].copy(), 0
+                    acc_top = y0
+                for chunk, logits in zip(chunks, results):
+                    for x0, lg in zip(chunk, logits):
+                        acc[:, :, :tile, x0:x0 + tile] += lg * weights
+                        wsum[:tile, x0:x0 + tile] += weights
+                    bar.update(len(chunk))
+                n = (rows[ri + 1] if ri + 1 < len(rows) else height) - y0  # rows no later tile touches
+                write_rows(dst, probs_dst, acc[:, :, :n, :width], wsum[:n, :width], valid[:n, :width],
+                           p, nodata, Window(0, y0, width, n))
+
+        pending = reader.submit(read, rows[0])
+        written = None
         for ri, y0 in enumerate(rows):
-            strip, valid = pending.result()
+            with clock("waiting for reads"):
+                strip, valid = pending.result()
             if ri + 1 < len(rows):  # read the next strip while the engine works on this one
-                pending = reader.submit(read_strip, readers, p, rows[ri + 1], tile, width, height, pad_w)
-            shift = y0 - acc_top
-            if shift:  # rows above y0 are final: roll the accumulator up
-                acc[:, :, :-shift], acc[:, :, -shift:] = acc[:, :, shift:].copy(), 0
-                wsum[:-shift], wsum[-shift:] = wsum[shift:].copy(), 0
-                acc_top = y0
+                pending = reader.submit(read, rows[ri + 1])
             todo = [x0 for x0 in cols if valid[:, x0:x0 + tile].any()]
             bar.update(len(cols) - len(todo))
             step = engine.max_batch or 8
             chunks = [todo[i:i + step] for i in range(0, len(todo), step)]
             batches = [np.stack([strip[:, :, :, x0:x0 + tile] for x0 in chunk]) for chunk in chunks]
-            for chunk, logits in zip(chunks, engine.run_many(batches)):
-                for x0, lg in zip(chunk, logits):
-                    acc[:, :, :tile, x0:x0 + tile] += lg * weights
-                    wsum[:tile, x0:x0 + tile] += weights
-                bar.update(len(chunk))
-            n = (rows[ri + 1] if ri + 1 < len(rows) else height) - y0  # rows no later tile touches
-            write_rows(dst, probs_dst, acc[:, :, :n, :width], wsum[:n, :width], valid[:n, :width],
-                       p, nodata, Window(0, y0, width, n))
+            with clock("engine"):
+                results = engine.run_many(batches)
+            with clock("waiting for writes"):
+                if written is not None:
+                    written.result()  # one strip in flight at most: bounded memory, errors surface here
+            written = writer.submit(consume, ri, y0, chunks, results, valid)
+        written.result()
         bar.close()
         dst.update_tags(profile=p.name, task=p.task, classes=",".join(p.classes), backend=engine.backend,
                         encoding=__doc__.split("Output bands by task")[1].split("The map is written")[0].strip())
@@ -212,8 +236,26 @@ def predict_scene(engine: Engine, dates: list[str | Path], out: str | Path, opti
             probs_dst.close()
             to_cog(work / "probs.tif", out.with_suffix(".probs.tif"), "AVERAGE")
         dst.close()
-        to_cog(work / "map.tif", out, "MODE")
+        with clock("COG copy"):
+            to_cog(work / "map.tif", out, "MODE")
+    if options.timings is not None:
+        options.timings.update(clock.seconds)
     return out
+
+
+class Stopwatch:
+    """Seconds spent per named stage (cheap enough to keep on in production runs)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
 
 
 def to_cog(src: Path, out: Path, overview_resampling: str) -> None:
@@ -246,10 +288,9 @@ def read_strip(readers: list[DateReader], p, y0: int, tile: int, width: int, hei
     valid = np.zeros((tile, width + pad_w), bool)
     valid[:h, :width] = True
     for t, reader in enumerate(readers):
-        x, ok = reader.read(window)
-        valid[:h, :width] &= ok
-        strip[t, :, :h, :width] = x
-    strip[:, :, ~valid] = 0.0  # nodata never reaches the engine (it would reject NaN)
+        valid[:h, :width] &= reader.read_into(window, strip[t, :, :h, :width])
+    if not valid.all():  # nodata (NaN included) never reaches the engine, which would reject NaN
+        np.copyto(strip, 0.0, where=~valid)
     return strip, valid
 
 
