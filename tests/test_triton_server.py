@@ -56,6 +56,46 @@ def test_http_and_grpc_match_local_onnxruntime(served):
         np.testing.assert_allclose(remote(x), want, rtol=0, atol=1e-5)
 
 
+def test_scene_through_the_server_matches_local(served, tmp_path):
+    """`stsun predict --backend triton --url ...` writes the local engine's map."""
+    import rasterio
+    from typer.testing import CliRunner
+
+    from stsun.cli import app
+    from stsun.runtime.scene import SceneOptions, predict_scene
+    from stsun.synthetic import write_scene
+
+    build_dir, server = served
+    dates = write_scene(load_profile("sentinel2-scd"), tmp_path / "in", size=1100, height=256, seed=13)["dates"]
+    res = CliRunner().invoke(app, ["predict", *map(str, dates), "-o", str(tmp_path / "remote.tif"), "--engine",
+                                   str(build_dir), "--backend", "triton", "--url", server.http_url])
+    assert res.exit_code == 0, res.output
+    predict_scene(load_engine(build_dir, backend="onnxruntime"), dates, tmp_path / "local.tif",
+                  SceneOptions(progress=False))
+    with rasterio.open(tmp_path / "remote.tif") as a, rasterio.open(tmp_path / "local.tif") as b:
+        assert (a.read() == b.read()).all()
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_run_many_keeps_requests_in_flight(served, protocol):
+    """The scene runner hands a strip's batches over together: six single-tile requests in flight
+    at once, which the server's dynamic batcher merges into fewer executions."""
+    import tritonclient.http as httpclient
+
+    build_dir, server = served
+    remote = load_engine(build_dir, backend="triton", url=getattr(server, f"{protocol}_url"), protocol=protocol)
+    remote.max_batch = 1
+    x, _ = synthetic_tiles(remote.profile, 6, seed=14)
+    stats = httpclient.InferenceServerClient(server.http_url)
+    before = stats.get_inference_statistics("sentinel2-scd")["model_stats"][0]
+    outs = remote.run_many([x[i:i + 1] for i in range(6)])
+    after = stats.get_inference_statistics("sentinel2-scd")["model_stats"][0]
+    np.testing.assert_allclose(np.concatenate(outs), load_engine(build_dir, backend="onnxruntime")(x), rtol=0, atol=1e-5)
+    inferences = after["inference_count"] - before["inference_count"]
+    executions = after["execution_count"] - before["execution_count"]
+    assert inferences == 6 and executions < inferences, (inferences, executions)
+
+
 def test_concurrent_clients_are_batched(served):
     import tritonclient.http as httpclient
 
