@@ -1,7 +1,8 @@
 """python export/build_engine.py --profile sentinel2-scd [options]
 
 Fold, export, check and (where TensorRT exists) build engines for one profile. Exits 1 when
-a fidelity gate fails, 2 on bad arguments or any other expected failure (one line on stderr).
+a fidelity gate fails, 2 on bad arguments or any other expected failure (one line on stderr;
+STSUN_DEBUG=1 shows its traceback).
 """
 from __future__ import annotations
 

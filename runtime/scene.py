@@ -33,7 +33,7 @@ from stsun.classmaps import CHANGE_COLOURS, class_colours, predicted_classes
 from stsun.errors import SceneError
 
 from .engine import Engine
-from .scene_inputs import DateReader, Grid, native_grid, resolve_date
+from .scene_inputs import DateReader, Grid, io_failure, native_grid, resolve_date
 
 PROBABILITY_ENCODINGS = ("float32", "uint8")  # uint8: round(p * 254), 255 = nodata, band scale 1/254
 COG_BLOCK = 256  # also the tile size: maps of a few tiles still get overviews
@@ -98,6 +98,12 @@ def check_output(out: Path, dates: list[Path]) -> None:
     for d in dates:
         if d.exists() and (target == d.resolve() or (d.is_dir() and d.resolve() in target.parents)):
             raise SceneError(f"output {out} would overwrite the input {d}; write it somewhere else")
+    try:  # the output's folder must take a file: probe it now, not after the whole inference
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out.parent, prefix=f".{out.name}.probe"):
+            pass
+    except OSError as err:
+        raise io_failure(err, out, writing=True) from None
 
 
 def open_dates(paths: list[Path], engine: Engine, options: SceneOptions,
@@ -150,94 +156,99 @@ def predict_scene(engine: Engine, dates: list[str | Path], out: str | Path, opti
     stride = tile - overlap
     weights = hann_weights(tile)
     count, dtype, nodata = output_layout(engine)
-    with contextlib.ExitStack() as stack:
-        grid, readers = open_dates(paths, engine, options, stack)
-        height, width = grid.shape
-        rows, cols = tile_starts(height, tile, stride), tile_starts(width, tile, stride)
-        pad_w = max(0, tile - width)  # scenes narrower than a tile (a short one is padded by the strip)
-        meta = {"driver": "GTiff", "width": width, "height": height, "count": count, "dtype": dtype,
-                "nodata": nodata, "crs": grid.crs, "transform": grid.transform, "tiled": True,
-                "blockxsize": COG_BLOCK, "blockysize": COG_BLOCK,
-                "photometric": "MINISBLACK"}  # 3 uint8 bands would otherwise default to RGB
-        work = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=out.parent if out.parent.is_dir() else None,
-                                                                    prefix=f".{out.name}.")))
-        dst = stack.enter_context(rasterio.open(work / "map.tif", "w", **meta))
-        probs_dst = None
-        if options.probabilities:
-            u8 = options.probabilities_encoding == "uint8"
-            probs_dst = stack.enter_context(rasterio.open(
-                work / "probs.tif", "w", **{**meta, "count": p.t_out * p.c_out, "dtype": "uint8" if u8 else "float32",
-                                            "nodata": 255 if u8 else np.nan}))
-        bar = tqdm(total=len(rows) * len(cols), desc=f"{p.name} tiles", unit="tile", disable=not options.progress)
-        acc = np.zeros((p.t_out, p.c_out, tile, width + pad_w), np.float32)
-        wsum = np.zeros((tile, width + pad_w), np.float32)
-        acc_top = 0  # scene row held by accumulator row 0
-        clock = Stopwatch()
-        # Three stages overlap: the reader thread reads strip i+1, this thread runs the engine on
-        # strip i, the writer thread blends and writes strip i-1 (it alone touches the accumulator).
-        reader = stack.enter_context(ThreadPoolExecutor(max_workers=1, thread_name_prefix="stsun-read"))
-        writer = stack.enter_context(ThreadPoolExecutor(max_workers=1, thread_name_prefix="stsun-write"))
+    clock = Stopwatch()
+    try:
+        with contextlib.ExitStack() as stack:
+            grid, readers = open_dates(paths, engine, options, stack)
+            height, width = grid.shape
+            rows, cols = tile_starts(height, tile, stride), tile_starts(width, tile, stride)
+            pad_w = max(0, tile - width)  # scenes narrower than a tile (a short one is padded by the strip)
+            meta = {"driver": "GTiff", "width": width, "height": height, "count": count, "dtype": dtype,
+                    "nodata": nodata, "crs": grid.crs, "transform": grid.transform, "tiled": True,
+                    "blockxsize": COG_BLOCK, "blockysize": COG_BLOCK,
+                    "photometric": "MINISBLACK"}  # 3 uint8 bands would otherwise default to RGB
+            work = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=out.parent if out.parent.is_dir() else None,
+                                                                        prefix=f".{out.name}.")))
+            dst = stack.enter_context(rasterio.open(work / "map.tif", "w", **meta))
+            probs_dst = None
+            if options.probabilities:
+                u8 = options.probabilities_encoding == "uint8"
+                probs_dst = stack.enter_context(rasterio.open(
+                    work / "probs.tif", "w", **{**meta, "count": p.t_out * p.c_out, "dtype": "uint8" if u8 else "float32",
+                                                "nodata": 255 if u8 else np.nan}))
+            # closed on the way out too, so an error message starts on a line of its own
+            bar = stack.enter_context(tqdm(total=len(rows) * len(cols), desc=f"{p.name} tiles", unit="tile",
+                                           disable=not options.progress))
+            acc = np.zeros((p.t_out, p.c_out, tile, width + pad_w), np.float32)
+            wsum = np.zeros((tile, width + pad_w), np.float32)
+            acc_top = 0  # scene row held by accumulator row 0
+            # Three stages overlap: the reader thread reads strip i+1, this thread runs the engine on
+            # strip i, the writer thread blends and writes strip i-1 (it alone touches the accumulator).
+            reader = stack.enter_context(ThreadPoolExecutor(max_workers=1, thread_name_prefix="stsun-read"))
+            writer = stack.enter_context(ThreadPoolExecutor(max_workers=1, thread_name_prefix="stsun-write"))
 
-        def read(y: int) -> tuple[np.ndarray, np.ndarray]:
-            with clock("read (reader thread)"):
-                return read_strip(readers, p, y, tile, width, height, pad_w)
+            def read(y: int) -> tuple[np.ndarray, np.ndarray]:
+                with clock("read (reader thread)"):
+                    return read_strip(readers, p, y, tile, width, height, pad_w)
 
-        def consume(ri: int, y0: int, chunks: list[list[int]], results: list[np.ndarray], valid: np.ndarray) -> None:
-            nonlocal acc_top
-            with clock("blend, encode and write (writer thread)"):
-                shift = y0 - acc_top
-                if shift:  # rows above y0 are final: roll the accumulator up
-                    acc[:, :, :-shift], acc[:, :, -shift:] = acc[:, :, shift:].copy(), 0
-                    wsum[:-shift], wsum[-shift:] = wsum[shift:].copy(), 0
-                    acc_top = y0
-                for chunk, logits in zip(chunks, results):
-                    for x0, lg in zip(chunk, logits):
-                        acc[:, :, :tile, x0:x0 + tile] += lg * weights
-                        wsum[:tile, x0:x0 + tile] += weights
-                    bar.update(len(chunk))
-                n = (rows[ri + 1] if ri + 1 < len(rows) else height) - y0  # rows no later tile touches
-                write_rows(dst, probs_dst, acc[:, :, :n, :width], wsum[:n, :width], valid[:n, :width],
-                           p, nodata, Window(0, y0, width, n))
+            def consume(ri: int, y0: int, chunks: list[list[int]], results: list[np.ndarray],
+                        valid: np.ndarray) -> None:
+                nonlocal acc_top
+                with clock("blend, encode and write (writer thread)"):
+                    shift = y0 - acc_top
+                    if shift:  # rows above y0 are final: roll the accumulator up
+                        acc[:, :, :-shift], acc[:, :, -shift:] = acc[:, :, shift:].copy(), 0
+                        wsum[:-shift], wsum[-shift:] = wsum[shift:].copy(), 0
+                        acc_top = y0
+                    for chunk, logits in zip(chunks, results):
+                        for x0, lg in zip(chunk, logits):
+                            acc[:, :, :tile, x0:x0 + tile] += lg * weights
+                            wsum[:tile, x0:x0 + tile] += weights
+                        bar.update(len(chunk))
+                    n = (rows[ri + 1] if ri + 1 < len(rows) else height) - y0  # rows no later tile touches
+                    write_rows(dst, probs_dst, acc[:, :, :n, :width], wsum[:n, :width], valid[:n, :width],
+                               p, nodata, Window(0, y0, width, n))
 
-        pending = reader.submit(read, rows[0])
-        written = None
-        for ri, y0 in enumerate(rows):
-            with clock("waiting for reads"):
-                strip, valid = pending.result()
-            if ri + 1 < len(rows):  # read the next strip while the engine works on this one
-                pending = reader.submit(read, rows[ri + 1])
-            todo = [x0 for x0 in cols if valid[:, x0:x0 + tile].any()]
-            bar.update(len(cols) - len(todo))
-            step = engine.max_batch or 8
-            chunks = [todo[i:i + step] for i in range(0, len(todo), step)]
-            batches = [np.stack([strip[:, :, :, x0:x0 + tile] for x0 in chunk]) for chunk in chunks]
-            with clock("engine"):
-                results = engine.run_many(batches)
-            with clock("waiting for writes"):
-                if written is not None:
-                    written.result()  # one strip in flight at most: bounded memory, errors surface here
-            written = writer.submit(consume, ri, y0, chunks, results, valid)
-        written.result()
-        bar.close()
-        dst.update_tags(profile=p.name, task=p.task, classes=",".join(p.classes), backend=engine.backend,
-                        encoding=__doc__.split("Output bands by task")[1].split("The map is written")[0].strip())
-        colours = CHANGE_COLOURS if p.task == "bcd" else class_colours(p.c_out)
-        # TIFF palettes exist for single-band images only; every map also carries its colours as a tag
-        dst.update_tags(colormap=json.dumps({i: c for i, c in enumerate(colours)}))
-        if count == 1:
-            dst.write_colormap(1, {i: (*c, 255) for i, c in enumerate(colours)})
-        for b in range(count):
-            dst.set_band_description(b + 1, band_name(p, b))
-        if probs_dst is not None:
-            for b in range(p.t_out * p.c_out):
-                probs_dst.set_band_description(b + 1, f"p_date{b // p.c_out + 1}_{p.classes[b % p.c_out]}")
-            if options.probabilities_encoding == "uint8":
-                probs_dst.scales = [1 / 254] * (p.t_out * p.c_out)
-            probs_dst.close()
-            to_cog(work / "probs.tif", out.with_suffix(".probs.tif"), "AVERAGE")
-        dst.close()
-        with clock("COG copy"):
-            to_cog(work / "map.tif", out, "MODE")
+            pending = reader.submit(read, rows[0])
+            written = None
+            for ri, y0 in enumerate(rows):
+                with clock("waiting for reads"):
+                    strip, valid = pending.result()
+                if ri + 1 < len(rows):  # read the next strip while the engine works on this one
+                    pending = reader.submit(read, rows[ri + 1])
+                todo = [x0 for x0 in cols if valid[:, x0:x0 + tile].any()]
+                bar.update(len(cols) - len(todo))
+                step = engine.max_batch or 8
+                chunks = [todo[i:i + step] for i in range(0, len(todo), step)]
+                batches = [np.stack([strip[:, :, :, x0:x0 + tile] for x0 in chunk]) for chunk in chunks]
+                with clock("engine"):
+                    results = engine.run_many(batches)
+                with clock("waiting for writes"):
+                    if written is not None:
+                        written.result()  # one strip in flight at most: bounded memory, errors surface here
+                written = writer.submit(consume, ri, y0, chunks, results, valid)
+            written.result()
+            dst.update_tags(profile=p.name, task=p.task, classes=",".join(p.classes), backend=engine.backend,
+                            encoding=__doc__.split("Output bands by task")[1].split("The map is written")[0].strip())
+            colours = CHANGE_COLOURS if p.task == "bcd" else class_colours(p.c_out)
+            # TIFF palettes exist for single-band images only; every map also carries its colours as a tag
+            dst.update_tags(colormap=json.dumps({i: c for i, c in enumerate(colours)}))
+            if count == 1:
+                dst.write_colormap(1, {i: (*c, 255) for i, c in enumerate(colours)})
+            for b in range(count):
+                dst.set_band_description(b + 1, band_name(p, b))
+            if probs_dst is not None:
+                for b in range(p.t_out * p.c_out):
+                    probs_dst.set_band_description(b + 1, f"p_date{b // p.c_out + 1}_{p.classes[b % p.c_out]}")
+                if options.probabilities_encoding == "uint8":
+                    probs_dst.scales = [1 / 254] * (p.t_out * p.c_out)
+                probs_dst.close()
+                to_cog(work / "probs.tif", out.with_suffix(".probs.tif"), "AVERAGE")
+            dst.close()
+            with clock("COG copy"):
+                to_cog(work / "map.tif", out, "MODE")
+    except OSError as err:  # reads already became SceneErrors naming their file: this is the output
+        raise io_failure(err, out, writing=True) from None
     if options.timings is not None:
         options.timings.update(clock.seconds)
     return out
@@ -264,8 +275,11 @@ def to_cog(src: Path, out: Path, overview_resampling: str) -> None:
     import rasterio.shutil
 
     with atomic_path(out, suffix=".tmp.tif") as tmp:
-        rasterio.shutil.copy(src, tmp, driver="COG", COMPRESS="DEFLATE", PREDICTOR="YES", BLOCKSIZE=COG_BLOCK,
-                             OVERVIEW_RESAMPLING=overview_resampling, NUM_THREADS="ALL_CPUS")
+        try:
+            rasterio.shutil.copy(src, tmp, driver="COG", COMPRESS="DEFLATE", PREDICTOR="YES", BLOCKSIZE=COG_BLOCK,
+                                 OVERVIEW_RESAMPLING=overview_resampling, NUM_THREADS="ALL_CPUS")
+        except Exception as err:  # GDAL's error classes (rasterio._err) are not public: any failure here is I/O
+            raise OSError(f"making the COG {out.name} failed: {err}") from err
 
 
 def band_name(p, b: int) -> str:

@@ -67,6 +67,45 @@ class DateInput:
     notes: list[str] = field(default_factory=list)
 
 
+def io_failure(err: Exception, path: str | Path, writing: bool = False) -> SceneError:
+    """A raster read or write failure in plain words. GDAL puts the cause of a failed write
+    (disk full, file-size limit) only into a logged warning, so it is diagnosed here instead."""
+    import os
+    import resource
+    import shutil
+
+    chain, e = [], err
+    while e is not None and len(chain) < 4:
+        chain.append(str(e).strip())
+        e = e.__cause__ or e.__context__
+    detail = "; ".join(dict.fromkeys(c for c in chain if c))
+    path = Path(path)
+    if writing:
+        where = path.parent if path.parent.exists() else Path(".")
+        free = shutil.disk_usage(where).free
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        if getattr(err, "errno", None) in (28,) or free < 64 << 20:
+            cause = f"the disk is full ({free >> 20} MB free on {where})"
+        elif limit != resource.RLIM_INFINITY:
+            cause = f"the file is too large for this process's file-size limit ({limit} bytes)"
+        elif isinstance(err, PermissionError) or getattr(err, "errno", None) in (13, 30):
+            cause = f"permission denied ({os.strerror(err.errno)})"
+        else:
+            cause = "write error"
+        return SceneError(f"writing {path} failed: {cause} [{detail}]")
+    if path.is_file() and path.stat().st_size == 0:
+        cause = "the file is empty (0 bytes)"
+    elif "not recognized as" in detail or "not a supported" in detail:
+        cause = "not a raster GDAL can read (not a GeoTIFF, COG or JP2?)"
+    elif any(k in detail for k in ("Read error", "Failed to read", "truncat", "TIFFRead", "IReadBlock")):
+        cause = "the file is truncated or damaged"
+    elif isinstance(err, PermissionError):
+        cause = "permission denied"
+    else:
+        cause = "read error"
+    return SceneError(f"{path}: {cause} [{detail}]")
+
+
 def resolve_date(path: str | Path, profile: Profile) -> DateInput:
     path = Path(path)
     if not path.exists():
@@ -100,7 +139,7 @@ def _from_multiband(path: Path, profile: Profile) -> DateInput:
         with rasterio.open(path) as src:
             order = band_order(src.descriptions, profile.band_names, str(path))
     except RasterioIOError as err:
-        raise SceneError(f"{path}: not a readable raster ({err})") from None
+        raise io_failure(err, path) from None
     return DateInput(path, "multi-band raster", [BandSource(b, str(path), i + 1)
                                                  for b, i in zip(profile.band_names, order)])
 
@@ -225,8 +264,11 @@ def native_grid(date: DateInput, profile: Profile) -> Grid:
 
     grids = []
     for path in dict.fromkeys(s.path for s in date.bands):
-        with rasterio.open(path) as src:
-            grids.append(Grid(src.crs, src.transform, src.width, src.height))
+        try:
+            with rasterio.open(path) as src:
+                grids.append(Grid(src.crs, src.transform, src.width, src.height))
+        except rasterio.errors.RasterioIOError as err:
+            raise io_failure(err, path) from None
     finest = min(grids, key=lambda g: abs(g.transform.a))
     res = abs(finest.transform.a)
     if len(grids) == 1 or finest.crs is None or finest.crs.is_geographic or abs(res - profile.gsd_m) <= 0.01 * profile.gsd_m:
@@ -350,11 +392,16 @@ class DateReader:
     def read_into(self, window, out: np.ndarray) -> np.ndarray:
         """Write the window's model input into ``out`` (C_in, h, w) and return a (h, w) mask, True
         where every band has data (and the quality band, when masking, does not flag the pixel)."""
+        from rasterio.errors import RasterioError
+
         p = self.profile
         valid = np.ones(out.shape[1:], bool)
         for g in self.groups:
             # integers are read as they are stored: converting and scaling is one numpy pass below
-            raw = g.src.read(indexes=g.indexes, window=window) if g.factor == 1 else g.read(window)
+            try:
+                raw = g.src.read(indexes=g.indexes, window=window) if g.factor == 1 else g.read(window)
+            except RasterioError as err:
+                raise io_failure(err, g.sources[0].path) from None
             if g.needs_masks:
                 valid &= g.src.read_masks(indexes=g.indexes, window=window).min(axis=0) > 0
             elif g.nodata is not None:
@@ -377,4 +424,5 @@ class DateReader:
         return valid
 
 
-__all__ = ["BandSource", "DateInput", "DateReader", "Grid", "band_key", "band_order", "native_grid", "resolve_date"]
+__all__ = ["BandSource", "DateInput", "DateReader", "Grid", "band_key", "band_order", "io_failure", "native_grid",
+           "resolve_date"]

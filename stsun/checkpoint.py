@@ -55,6 +55,12 @@ def load_checkpoint(path: str | Path) -> tuple[STSUN, dict]:
     except (SafetensorError, OSError) as err:
         raise CheckpointError(f"checkpoint {path} could not be read as safetensors: {err}") from None
     model = STSUN(config)
+    expected = model.state_dict()
+    wrong = [f"{k} {tuple(v.shape)} (the config needs {tuple(expected[k].shape)})"
+             for k, v in state.items() if k in expected and v.shape != expected[k].shape]
+    if wrong:
+        raise CheckpointError(f"checkpoint {path} has mis-shaped tensors: {', '.join(wrong[:5])}"
+                              + (f" and {len(wrong) - 5} more" if len(wrong) > 5 else ""))
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise CheckpointError(f"checkpoint {path} does not fit a '{config.size}' STSUN: "

@@ -18,16 +18,38 @@ console = Console()
 errors = Console(stderr=True)
 
 
+DEBUG_ENV = "STSUN_DEBUG"  # or --debug: expected failures keep their traceback too
+
+
+def _terminate(signum, frame) -> None:
+    """SIGTERM unwinds like Ctrl-C, so temporary files are removed on the way out."""
+    raise SystemExit(128 + signum)
+
+
 class _OneLineErrors:
-    """An expected failure (StsunError) ends the command with one line on stderr and exit 2;
-    anything else is a bug and keeps its traceback."""
+    """An expected failure (StsunError, or an OSError such as a full disk) ends the command with
+    one line on stderr and exit 2; anything else is a bug and keeps its traceback."""
 
     def invoke(self, ctx):
+        import os
+        import signal
+
+        if threading_main():
+            signal.signal(signal.SIGTERM, _terminate)
         try:
             return super().invoke(ctx)
-        except StsunError as err:
-            errors.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        except (StsunError, OSError) as err:
+            if os.environ.get(DEBUG_ENV):
+                raise
+            message = str(err) if isinstance(err, StsunError) else f"{err.strerror or err}: {err.filename or ''}".rstrip(": ")
+            errors.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
+
+
+def threading_main() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
 
 
 class StsunGroup(_OneLineErrors, TyperGroup):
@@ -47,8 +69,12 @@ def main() -> None:
 
 
 @app.callback()
-def _root() -> None:
+def _root(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for expected failures too.")] = False) -> None:
     """STSUN deployment runtime: profiles, export, inference, serving."""
+    if debug:
+        import os
+
+        os.environ[DEBUG_ENV] = "1"
 
 
 def _backend_help() -> str:

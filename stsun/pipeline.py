@@ -116,6 +116,7 @@ class ArtifactBuild:
         """Add one artifact, judged against the eager reference, to the report."""
         entry = {"name": name, "format": kind, "precision": precision,
                  "path": path.name if path else None, "bytes": path.stat().st_size if path else None,
+                 "sha256": file_sha256(path) if path else None,  # verified whenever a backend loads it
                  "build_seconds": round(seconds, 2), "fidelity": fidelity(outputs, self.ref[:len(outputs)], precision),
                  **extra}
         self.report["artifacts"].append(entry)

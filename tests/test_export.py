@@ -128,6 +128,42 @@ def test_unknown_backend_and_missing_artifact(s2_build, tmp_path):
         load_engine(out, backend="folded", precision="int8")
 
 
+def test_damaged_artifact_or_report_is_refused(s2_build, tmp_path):
+    """Every artifact's sha256 is in the report and checked on load: an ONNX with sign bits
+    flipped in one weight tensor, which onnxruntime would run silently, is refused with a
+    'rebuild' message; a malformed report is one clear error, not a KeyError."""
+    import shutil
+
+    out, report = s2_build
+    arts = {a["name"]: a for a in report["artifacts"]}
+    assert all(len(a["sha256"]) == 64 for a in arts.values() if a["path"])
+    copy = tmp_path / "build"
+    shutil.copytree(out, copy)
+    model = onnx.load(str(copy / "model.fp32.onnx"))
+    init = max(model.graph.initializer, key=lambda t: len(t.raw_data))
+    raw = bytearray(init.raw_data)
+    for i in range(3, len(raw) // 16, 4):  # the sign byte of 1/16 of the float32 weights
+        raw[i] ^= 0x80
+    init.raw_data = bytes(raw)
+    onnx.save(model, str(copy / "model.fp32.onnx"))
+    OnnxRuntimeEngine(copy / "model.fp32.onnx")  # it loads and would run: only the hash tells
+    with pytest.raises(EngineError, match="does not match the sha256.*rebuild"):
+        load_engine(copy, backend="onnxruntime")
+    load_engine(copy, backend="onnxruntime", precision="fp16")  # the untouched artifacts still load
+    (copy / "checkpoint.safetensors").write_bytes(b"x" + (copy / "checkpoint.safetensors").read_bytes()[1:])
+    with pytest.raises(EngineError, match="checkpoint.safetensors does not match the sha256"):
+        load_engine(copy, backend="folded")
+    good = json.loads((out / "build_report.json").read_text())
+    for bad, message in (({k: v for k, v in good.items() if k != "max_batch"}, "'max_batch' is missing"),
+                         ([good], "it holds a list"), ({**good, "max_batch": 0}, "max_batch is 0")):
+        (copy / "build_report.json").write_text(json.dumps(bad))
+        with pytest.raises(EngineError, match=f"not a valid build report: {message}"):
+            load_engine(copy)
+    (copy / "build_report.json").write_text("{not json")
+    with pytest.raises(EngineError, match="not valid JSON"):
+        load_engine(copy)
+
+
 def test_corrupted_or_truncated_onnx(s2_build, tmp_path):
     out, _ = s2_build
     data = (out / "model.fp32.onnx").read_bytes()
