@@ -23,6 +23,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from stsun.atomic import atomic_write
 from stsun.pipeline import build_artifacts
+from stsun.precision import ONNX_PRECISIONS
 from stsun.classmaps import predicted_classes
 from stsun.profiles import load_profile
 from stsun.runtime import EagerEngine, EngineError, load_engine
@@ -100,7 +101,7 @@ def main(
         names = [n for n in names if n not in ("torch-compile", "compiled")]
     bdir = build_dir or Path("build") / f"bench-{prof.name}-{size}"
     if not (bdir / "build_report.json").is_file():
-        build_artifacts(prof, bdir, size=size, precisions=("fp32", "fp16", "int8"), max_batch=max(batches), console=console)
+        build_artifacts(prof, bdir, size=size, precisions=ONNX_PRECISIONS, max_batch=max(batches), console=console)
     report = json.loads((bdir / "build_report.json").read_text())
     fidelity = {(a["format"], a["precision"]): a["fidelity"]["argmax_agreement"] for a in report["artifacts"]}
 

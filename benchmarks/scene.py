@@ -124,6 +124,7 @@ def main(
 ) -> None:
     from stsun.atomic import atomic_write
     from stsun.pipeline import build_artifacts
+    from stsun.precision import ONNX_PRECISIONS
     from stsun.profiles import load_profile
     from stsun.synthetic import write_scene
 
@@ -133,7 +134,7 @@ def main(
         print(json.dumps(worker(bdir, worker_scene, backend, worker_scene / "prediction.tif")))
         return
     if not (bdir / "build_report.json").is_file():
-        build_artifacts(prof, bdir, size="tiny", precisions=("fp32", "fp16", "int8"), max_batch=4)
+        build_artifacts(prof, bdir, size="tiny", precisions=ONNX_PRECISIONS, max_batch=4)
     result: dict = {"profile": prof.name, "backend": backend}
     if efficiency_size:
         result["efficiency"] = eff = efficiency(prof, bdir, work, backend, efficiency_size, reps)

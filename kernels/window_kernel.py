@@ -1,6 +1,6 @@
 """Fused LGWA window attention in OpenAI Triton: one launch, no padding or partition copies.
 
-Contract (identical to ``stsun.model.lgwa.window_attention_reference``, the PyTorch reference):
+Contract (identical to ``stsun.kernels.reference.window_attention_reference``, the PyTorch reference):
 qkv (B, H*W, 3*C) in row-major token order, last axis laid out (3, num_heads, head_dim);
 windows tile the grid from the top-left; window == grid means global attention; positions
 outside the grid take no part in the softmax; returns (B, H*W, C) with heads concatenated.

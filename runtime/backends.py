@@ -49,7 +49,7 @@ BACKENDS: dict[str, Backend] = {b.name: b for b in (
             "the folded model under torch.compile; fp16/bf16 with the fused kernel and CUDA graphs on a GPU"),
     Backend("onnxruntime", OnnxRuntimeEngine, "onnx", ("fp32", "fp16", "int8"), False,
             "the ONNX through onnxruntime (TensorRT, CUDA or CPU execution provider)"),
-    Backend("tensorrt", TensorRTEngine, "tensorrt", ("fp32", "fp16", "int8"), True, "a native TensorRT plan",
+    Backend("tensorrt", TensorRTEngine, "tensorrt", ("fp32", "fp16"), True, "a native TensorRT plan",
             requires=("tensorrt", "pycuda"), extra="gpu", check=tensorrt_unavailable),
     Backend("triton", TritonEngine, "server", ("fp32",), False,
             "a running Triton Inference Server (options: url, protocol, model)",

@@ -107,7 +107,7 @@ class BuildDir:
         for a in self.report["artifacts"]:
             if a.get("format") == kind and a.get("precision") == precision and a.get("path"):
                 return self.verified(self.path / a["path"], a.get("sha256"))
-        built = sorted(f"{a['format']}/{a['precision']}" for a in self.report["artifacts"] if a.get("path"))
+        built = sorted(f"{a.get('format')}/{a.get('precision')}" for a in self.report["artifacts"] if a.get("path"))
         raise EngineError(f"{self.path} has no {kind} {precision} artifact; it has {built}. "
                           f"Rebuild with --precision {precision}.")
 

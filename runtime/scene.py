@@ -2,18 +2,14 @@
 
 Inputs per date are whatever ``stsun.runtime.scene_inputs`` resolves (a multi-band raster, a
 directory of band files such as a SAFE or Landsat product, a STAC item). Memory is bounded by
-one strip of tiles (tile height x scene width), whatever the scene's height: input is read a
-strip at a time with windowed reads, logits are blended into a rolling accumulator, and finished
-rows are written as soon as no later tile touches them. Reading the next strip overlaps the
-engine's work on the current one (a reader thread; rasterio and the engines release the GIL).
+a few strips of tiles (tile height x scene width: the one being read ahead, the one in the engine,
+the one being written), whatever the scene's height: input is read a strip at a time with
+windowed reads, logits are blended into a rolling accumulator, and finished rows are written as
+soon as no later tile touches them. Reading, inference and writing overlap (a reader and a writer
+thread; rasterio and the engines release the GIL).
 
-Output bands by task (uint8, or uint16 when a from-to code needs it; nodata 255 / 65535):
-- ss:  1 band, class index (single-class profiles: 1 = the class, 0 = not)
-- bcd: T_out bands, 1 = change between dates t and t+1
-- scd: T_in bands of class index per date, then T_in - 1 from-to change bands with
-       0 = no change, else 1 + from * C_out + to.
-The map is written as a tiled GeoTIFF, then copied into a COG with overviews made by MODE
-resampling (a class or change code survives, never an average of codes).
+Output bands: see ``ENCODING``. The map is written as a tiled GeoTIFF, then copied into a COG
+with overviews made by MODE resampling (a class or change code survives, never an average of codes).
 """
 from __future__ import annotations
 
@@ -35,6 +31,11 @@ from stsun.errors import SceneError
 from .engine import Engine
 from .scene_inputs import DateReader, Grid, io_failure, native_grid, resolve_date
 
+ENCODING = """Output bands by task (uint8, or uint16 when a from-to code needs it; nodata 255 / 65535):
+- ss:  1 band, class index (single-class profiles: 1 = the class, 0 = not)
+- bcd: T_out bands, 1 = change between dates t and t+1
+- scd: T_in bands of class index per date, then T_in - 1 from-to change bands with
+       0 = no change, else 1 + from * C_out + to."""
 PROBABILITY_ENCODINGS = ("float32", "uint8")  # uint8: round(p * 254), 255 = nodata, band scale 1/254
 COG_BLOCK = 256  # also the tile size: maps of a few tiles still get overviews
 
@@ -205,6 +206,7 @@ def predict_scene(engine: Engine, dates: list[str | Path], out: str | Path, opti
                             acc[:, :, :tile, x0:x0 + tile] += lg * weights
                             wsum[:tile, x0:x0 + tile] += weights
                         bar.update(len(chunk))
+                    bar.update(len(cols) - sum(map(len, chunks)))  # tiles with no data: skipped
                     n = (rows[ri + 1] if ri + 1 < len(rows) else height) - y0  # rows no later tile touches
                     write_rows(dst, probs_dst, acc[:, :, :n, :width], wsum[:n, :width], valid[:n, :width],
                                p, nodata, Window(0, y0, width, n))
@@ -217,7 +219,6 @@ def predict_scene(engine: Engine, dates: list[str | Path], out: str | Path, opti
                 if ri + 1 < len(rows):  # read the next strip while the engine works on this one
                     pending = reader.submit(read, rows[ri + 1])
                 todo = [x0 for x0 in cols if valid[:, x0:x0 + tile].any()]
-                bar.update(len(cols) - len(todo))
                 step = engine.max_batch or 8
                 chunks = [todo[i:i + step] for i in range(0, len(todo), step)]
                 batches = [np.stack([strip[:, :, :, x0:x0 + tile] for x0 in chunk]) for chunk in chunks]
@@ -229,7 +230,7 @@ def predict_scene(engine: Engine, dates: list[str | Path], out: str | Path, opti
                 written = writer.submit(consume, ri, y0, chunks, results, valid)
             written.result()
             dst.update_tags(profile=p.name, task=p.task, classes=",".join(p.classes), backend=engine.backend,
-                            encoding=__doc__.split("Output bands by task")[1].split("The map is written")[0].strip())
+                            encoding=ENCODING)
             colours = CHANGE_COLOURS if p.task == "bcd" else class_colours(p.c_out)
             # TIFF palettes exist for single-band images only; every map also carries its colours as a tag
             dst.update_tags(colormap=json.dumps({i: c for i, c in enumerate(colours)}))
@@ -237,16 +238,18 @@ def predict_scene(engine: Engine, dates: list[str | Path], out: str | Path, opti
                 dst.write_colormap(1, {i: (*c, 255) for i, c in enumerate(colours)})
             for b in range(count):
                 dst.set_band_description(b + 1, band_name(p, b))
+            dst.close()
             if probs_dst is not None:
                 for b in range(p.t_out * p.c_out):
                     probs_dst.set_band_description(b + 1, f"p_date{b // p.c_out + 1}_{p.classes[b % p.c_out]}")
                 if options.probabilities_encoding == "uint8":
                     probs_dst.scales = [1 / 254] * (p.t_out * p.c_out)
                 probs_dst.close()
-                to_cog(work / "probs.tif", out.with_suffix(".probs.tif"), "AVERAGE")
-            dst.close()
-            with clock("COG copy"):
-                to_cog(work / "map.tif", out, "MODE")
+            with clock("COG copy"), contextlib.ExitStack() as placed:  # both made before either is in place
+                to_cog(work / "map.tif", placed.enter_context(atomic_path(out, suffix=".tmp.tif")), "MODE")
+                if probs_dst is not None:
+                    probs_out = placed.enter_context(atomic_path(out.with_suffix(".probs.tif"), suffix=".tmp.tif"))
+                    to_cog(work / "probs.tif", probs_out, "AVERAGE")
     except OSError as err:  # reads already became SceneErrors naming their file: this is the output
         raise io_failure(err, out, writing=True) from None
     if options.timings is not None:
@@ -270,16 +273,15 @@ class Stopwatch:
 
 
 def to_cog(src: Path, out: Path, overview_resampling: str) -> None:
-    """Copy a finished GeoTIFF into a Cloud-Optimized GeoTIFF at ``out``, atomically. The copy is
-    also what keeps the file compact: blocks that strip-wise writing rewrote are not carried over."""
+    """Copy a finished GeoTIFF into a Cloud-Optimized GeoTIFF at ``out``. The copy is also what
+    keeps the file compact: blocks that strip-wise writing rewrote are not carried over."""
     import rasterio.shutil
 
-    with atomic_path(out, suffix=".tmp.tif") as tmp:
-        try:
-            rasterio.shutil.copy(src, tmp, driver="COG", COMPRESS="DEFLATE", PREDICTOR="YES", BLOCKSIZE=COG_BLOCK,
-                                 OVERVIEW_RESAMPLING=overview_resampling, NUM_THREADS="ALL_CPUS")
-        except Exception as err:  # GDAL's error classes (rasterio._err) are not public: any failure here is I/O
-            raise OSError(f"making the COG {out.name} failed: {err}") from err
+    try:
+        rasterio.shutil.copy(src, out, driver="COG", COMPRESS="DEFLATE", PREDICTOR="YES", BLOCKSIZE=COG_BLOCK,
+                             OVERVIEW_RESAMPLING=overview_resampling, NUM_THREADS="ALL_CPUS")
+    except Exception as err:  # GDAL's error classes (rasterio._err) are not public: any failure here is I/O
+        raise OSError(f"making the COG {out.name} failed: {err}") from err
 
 
 def band_name(p, b: int) -> str:
@@ -323,11 +325,14 @@ def write_rows(dst, probs_dst, acc: np.ndarray, wsum: np.ndarray, valid: np.ndar
         probs_dst.write(probs.astype(probs_dst.dtypes[0]), window=window)
 
 
-def preview(dates: list[str | Path], prediction: str | Path, path: str | Path, profile, max_px: int = 1024) -> Path:
+def preview(dates: list[str | Path], prediction: str | Path, path: str | Path, profile, max_px: int = 1024,
+            dn_offset: float | None = None) -> Path:
     """A PNG overview: each date's RGB (the profile's ``rgb_bands``, when it names them), the
     predicted maps and, for SCD, the from-to change. Reads are decimated to ``max_px``."""
-    import matplotlib
-
+    try:
+        import matplotlib
+    except ImportError:
+        raise SceneError("--preview needs matplotlib: pip install 'stsun[bench]'") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import rasterio
@@ -348,7 +353,8 @@ def preview(dates: list[str | Path], prediction: str | Path, path: str | Path, p
             small = Grid(full.crs, full.transform * Affine.scale(full.width / shape[1], full.height / shape[0]),
                          shape[1], shape[0])
             for t, d in enumerate(dates):
-                x, _ = DateReader(resolve_date(d, profile), profile, small, stack, profile.scaling.dn_offset).read(
+                offset = profile.scaling.dn_offset if dn_offset is None else dn_offset
+                x, _ = DateReader(resolve_date(d, profile), profile, small, stack, offset).read(
                     rasterio.windows.Window(0, 0, shape[1], shape[0]))
                 rgb = x[[profile.band_names.index(b) for b in profile.rgb_bands]]
                 panels.append((f"date {t + 1}: RGB", np.clip(rgb.transpose(1, 2, 0) * 3.5, 0, 1), None))

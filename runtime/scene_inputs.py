@@ -132,14 +132,8 @@ def band_order(descriptions: tuple[str | None, ...], profile_bands: tuple[str, .
 
 
 def _from_multiband(path: Path, profile: Profile) -> DateInput:
-    import rasterio
-    from rasterio.errors import RasterioIOError
-
-    try:
-        with rasterio.open(path) as src:
-            order = band_order(src.descriptions, profile.band_names, str(path))
-    except RasterioIOError as err:
-        raise io_failure(err, path) from None
+    with _open(str(path)) as src:
+        order = band_order(src.descriptions, profile.band_names, str(path))
     return DateInput(path, "multi-band raster", [BandSource(b, str(path), i + 1)
                                                  for b, i in zip(profile.band_names, order)])
 
@@ -149,8 +143,20 @@ def _resolution_dir(path: Path) -> int | None:
     return int(m.group(1)) if m else None
 
 
+def _ids(name: str) -> set[str]:
+    """Every band id a file or asset name carries (``T33UUP_..._B02_10m`` -> ``B2``; ``SR_B4`` -> ``B4``),
+    and the name itself (``red``)."""
+    return {band_key(m.group(0)) for m in _BAND_ID.finditer(name)} | {band_key(name)}
+
+
 def _from_directory(path: Path, profile: Profile) -> DateInput:
-    files = sorted(f for f in path.rglob("*") if f.is_file() and f.suffix.lower() in RASTER_SUFFIXES)
+    try:
+        files = sorted(f for f in path.rglob("*") if f.is_file() and f.suffix.lower() in RASTER_SUFFIXES)
+    except OSError as err:
+        raise io_failure(err, path) from None
+    if any(p.name == "IMG_DATA" for f in files for p in f.parents):
+        # a SAFE product: the bands are under IMG_DATA; QI_DATA holds per-band masks (MSK_*_B02.jp2)
+        files = [f for f in files if any(p.name == "IMG_DATA" for p in f.parents)]
     wanted = {band_key(b): b for b in profile.band_names}
     claims: dict[str, list[Path]] = {}
     quality = None
@@ -162,8 +168,7 @@ def _from_directory(path: Path, profile: Profile) -> DateInput:
         if re.search(r"QA_PIXEL", stem, re.I):
             quality = _finest(quality, (f, "qa_pixel"))
             continue
-        ids = {band_key(m.group(0)) for m in _BAND_ID.finditer(stem)} | {band_key(stem)}
-        for key in ids & set(wanted):
+        for key in _ids(stem) & set(wanted):
             claims.setdefault(key, []).append(f)
     safe = any(p.name == "IMG_DATA" for f in files for p in f.parents) or path.suffix.upper() == ".SAFE"
     landsat = any(re.search(r"_SR_B\d", f.name, re.I) for f in files)
@@ -200,6 +205,8 @@ def _from_stac(path: Path, profile: Profile) -> DateInput:
         item = pystac.Item.from_file(str(path))
     except (json.JSONDecodeError, KeyError, ValueError, pystac.STACError) as err:
         raise SceneError(f"{path}: not a STAC Item ({err})") from None
+    except OSError as err:
+        raise io_failure(err, path) from None
     wanted = {band_key(b): b for b in profile.band_names}
     found: dict[str, list[BandSource]] = {}
     quality = None
@@ -215,23 +222,32 @@ def _from_stac(path: Path, profile: Profile) -> DateInput:
             quality = (href, "scl" if band_key(key) == "scl" else "qa_pixel")
             continue
         for i, b in enumerate(bands):
-            names = {band_key(key)} if len(bands) == 1 else set()
-            names |= {band_key(str(b[k])) for k in ("name", "common_name", "eo:common_name") if b.get(k)}
+            names = _ids(key) if len(bands) == 1 else set()
+            for k in ("name", "common_name", "eo:common_name"):
+                names |= _ids(str(b[k])) if b.get(k) else set()
             r = raster[i] if i < len(raster) else {}
             scale = r.get("scale", b.get("scale"))
+            offset = float(r.get("offset", b.get("offset", 0.0)) or 0.0)
             for k in names & set(wanted):
-                found.setdefault(k, []).append(BandSource(wanted[k], href, i + 1, scale, float(r.get("offset", b.get("offset", 0.0)) or 0.0)))
+                # rank: a single-band asset before a band of a multi-band one (``visual``), an asset
+                # named after the band before one matched by its band list
+                rank = (len(bands) > 1, k not in _ids(key))
+                found.setdefault(k, []).append((rank, BandSource(wanted[k], href, i + 1, scale, offset)))
     missing = [wanted[k] for k in wanted if k not in found]
     if missing:
         raise SceneError(f"{path}: the STAC item has no local asset for the profile's band(s) {', '.join(missing)} "
                          f"(matched by asset key, eo:bands name or common name; assets: {', '.join(item.assets)})")
-    double = [f"{wanted[k]} ({', '.join(s.path for s in v)})" for k, v in found.items() if len({(s.path, s.index) for s in v}) > 1]
-    if double:
-        raise SceneError(f"{path}: several assets claim band(s) {'; '.join(double)}")
-    for s in (v[0] for v in found.values()):
+    chosen = {}
+    for k, candidates in found.items():
+        best = min(rank for rank, _ in candidates)
+        top = list(dict.fromkeys(s for rank, s in candidates if rank == best))
+        if len(top) > 1:
+            raise SceneError(f"{path}: several assets claim band {wanted[k]} equally ({', '.join(s.path for s in top)})")
+        chosen[k] = top[0]
+    for s in chosen.values():
         if not Path(s.path).is_file():
             raise SceneError(f"{path}: asset file {s.path} for band {s.band} not found")
-    return DateInput(path, "STAC item", [found[k][0] for k in wanted], quality)
+    return DateInput(path, "STAC item", [chosen[k] for k in wanted], quality)
 
 
 @dataclass(frozen=True)
@@ -256,19 +272,26 @@ class Grid:
                f"pixel {self.transform.a:g} m"
 
 
+def _open(path: str):
+    """rasterio.open, its failure a SceneError that names the file in plain words."""
+    import rasterio
+    from rasterio.errors import RasterioIOError
+
+    try:
+        return rasterio.open(path)
+    except RasterioIOError as err:
+        raise io_failure(err, path) from None
+
+
 def native_grid(date: DateInput, profile: Profile) -> Grid:
     """The date's own grid: its finest band's grid, or, when that is not at the profile's GSD,
     a grid at the profile's GSD over the same area (projected CRS only)."""
-    import rasterio
     from rasterio.transform import from_origin
 
     grids = []
     for path in dict.fromkeys(s.path for s in date.bands):
-        try:
-            with rasterio.open(path) as src:
-                grids.append(Grid(src.crs, src.transform, src.width, src.height))
-        except rasterio.errors.RasterioIOError as err:
-            raise io_failure(err, path) from None
+        with _open(path) as src:
+            grids.append(Grid(src.crs, src.transform, src.width, src.height))
     finest = min(grids, key=lambda g: abs(g.transform.a))
     res = abs(finest.transform.a)
     if len(grids) == 1 or finest.crs is None or finest.crs.is_geographic or abs(res - profile.gsd_m) <= 0.01 * profile.gsd_m:
@@ -303,24 +326,40 @@ class _BandGroup:
     factor: int = 1              # > 1: a coarser band whose pixels align with the grid's, read by RasterIO
     origin: tuple[int, int] = (0, 0)  # grid (col, row) of the source's top-left corner, when factor > 1
 
-    def read(self, window):
-        from rasterio.enums import Resampling
+    def _source(self, window):
+        """The grid window in source pixels (fractional for coarser bands), and the output shape."""
         from rasterio.windows import Window
 
-        if self.factor == 1:
-            return self.src.read(indexes=self.indexes, window=window, out_dtype="float32")
-        # The same values as warping (checked), a few times faster: a source window in
-        # fractional source pixels, resampled bilinearly to the grid's window by GDAL's RasterIO.
         k, (ox, oy) = self.factor, self.origin
-        src_window = Window((window.col_off - ox) / k, (window.row_off - oy) / k, window.width / k, window.height / k)
-        return self.src.read(indexes=self.indexes, window=src_window, out_dtype="float32",
-                             out_shape=(len(self.indexes), int(window.height), int(window.width)),
+        shape = (len(self.indexes), int(window.height), int(window.width))
+        if k == 1:
+            return window, shape
+        return Window((window.col_off - ox) / k, (window.row_off - oy) / k, window.width / k, window.height / k), shape
+
+    def read(self, window) -> np.ndarray:
+        """The bands on the grid window: as stored when on the grid; a coarser aligned band
+        resampled bilinearly by GDAL's RasterIO from a fractional source window, which gives the
+        same values as warping (checked) a few times faster."""
+        from rasterio.enums import Resampling
+
+        src_window, shape = self._source(window)
+        if self.factor == 1:
+            return self.src.read(indexes=self.indexes, window=src_window)
+        return self.src.read(indexes=self.indexes, window=src_window, out_shape=shape, out_dtype="float32",
                              resampling=Resampling.bilinear)
+
+    def valid_from_masks(self, window) -> np.ndarray:
+        from rasterio.enums import Resampling
+
+        src_window, shape = self._source(window)
+        masks = self.src.read_masks(indexes=self.indexes, window=src_window, out_shape=shape,
+                                    resampling=Resampling.nearest)
+        return masks.min(axis=0) > 0
 
 
 def _aligned_factor(src, grid: Grid) -> tuple[int, tuple[int, int]] | None:
-    """(k, origin) when ``src`` is ``grid`` coarsened k times with pixel edges on the grid's, and lies
-    inside it; None otherwise (the band is then warped)."""
+    """(k, origin) when ``src`` is ``grid`` coarsened k times with pixel edges on the grid's, and covers
+    it; None otherwise (the band is then warped)."""
     a, g = src.transform, grid.transform
     if src.crs != grid.crs or a.b or a.d or g.b or g.d:
         return None
@@ -328,11 +367,12 @@ def _aligned_factor(src, grid: Grid) -> tuple[int, tuple[int, int]] | None:
     if round(k) < 2 or abs(k - round(k)) > 1e-9 or abs(a.e / g.e - k) > 1e-9:
         return None
     ox, oy = (a.c - g.c) / g.a, (a.f - g.f) / g.e
-    if abs(ox - round(ox)) > 1e-6 or abs(oy - round(oy)) > 1e-6 or round(ox) < 0 or round(oy) < 0:
+    # the source must start at or before the grid's first pixel (origin <= 0) on a pixel edge...
+    if abs(ox - round(ox)) > 1e-6 or abs(oy - round(oy)) > 1e-6 or round(ox) > 0 or round(oy) > 0:
         return None
     k, ox, oy = round(k), round(ox), round(oy)
     if ox + src.width * k < grid.width or oy + src.height * k < grid.height:
-        return None  # does not cover the grid: warp, which marks the rest as nodata
+        return None  # ...and reach past its last one; otherwise warp, which marks the rest as nodata
     return k, (ox, oy)
 
 
@@ -341,7 +381,6 @@ class DateReader:
 
     def __init__(self, date: DateInput, profile: Profile, grid: Grid, stack: contextlib.ExitStack,
                  dn_offset: float, mask_quality: bool = False) -> None:
-        import rasterio
         from rasterio.enums import MaskFlags, Resampling
         from rasterio.vrt import WarpedVRT
 
@@ -352,7 +391,7 @@ class DateReader:
         for pos, s in enumerate(date.bands):
             by_path.setdefault(s.path, []).append((pos, s))
         for path, items in by_path.items():
-            src = stack.enter_context(rasterio.open(path))
+            src = stack.enter_context(_open(path))
             indexes = [s.index for _, s in items]
             nodata = src.nodata if src.nodata is not None else profile.nodata
             # per-dataset masks and alpha bands are not expressible as a value: only then read masks
@@ -378,7 +417,7 @@ class DateReader:
                 raise SceneError(f"{date.source}: --mask-quality needs the product's quality band (Sentinel-2 SCL or "
                                  f"Landsat QA_PIXEL), and this {date.kind} has none")
             qpath, qkind = date.quality
-            q = stack.enter_context(rasterio.open(qpath))
+            q = stack.enter_context(_open(qpath))
             if not (q.crs == grid.crs and q.transform == grid.transform and q.shape == grid.shape):
                 q = stack.enter_context(WarpedVRT(q, crs=grid.crs, transform=grid.transform, width=grid.width,
                                                   height=grid.height, resampling=Resampling.nearest))
@@ -399,12 +438,12 @@ class DateReader:
         for g in self.groups:
             # integers are read as they are stored: converting and scaling is one numpy pass below
             try:
-                raw = g.src.read(indexes=g.indexes, window=window) if g.factor == 1 else g.read(window)
+                raw = g.read(window)
+                if g.needs_masks:
+                    valid &= g.valid_from_masks(window)
             except RasterioError as err:
                 raise io_failure(err, g.sources[0].path) from None
-            if g.needs_masks:
-                valid &= g.src.read_masks(indexes=g.indexes, window=window).min(axis=0) > 0
-            elif g.nodata is not None:
+            if not g.needs_masks and g.nodata is not None:
                 valid &= ~(raw == np.asarray(g.nodata).astype(raw.dtype)).any(axis=0)
             if np.issubdtype(raw.dtype, np.floating):  # integer data cannot be NaN
                 valid &= np.isfinite(raw).all(axis=0)
@@ -415,7 +454,10 @@ class DateReader:
                     _scale_into(band, out[pos], 0.0, s.scale, s.offset)
         if self.quality is not None:
             q, kind = self.quality
-            code = q.read(1, window=window)
+            try:
+                code = q.read(1, window=window)
+            except RasterioError as err:
+                raise io_failure(err, self.date.quality[0]) from None
             if kind == "scl":
                 valid &= ~np.isin(code, SCL_MASKED)
             else:

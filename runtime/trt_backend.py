@@ -19,7 +19,7 @@ class TensorRTEngine(Engine):
         self.runner = PlanRunner(plan_path, profile, max_batch)
 
     @classmethod
-    def open(cls, build: BuildDir, precision: str = "fp16") -> "TensorRTEngine":
+    def open(cls, build: BuildDir, precision: str = "fp32") -> "TensorRTEngine":
         return cls(build.artifact("tensorrt", precision), build.profile, build.max_batch)
 
     @property

@@ -80,7 +80,7 @@ def _root(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks f
 def _backend_help() -> str:
     from stsun.runtime.backends import BACKENDS
 
-    return f"One of: {', '.join(BACKENDS)} (see stsun.runtime.backends)."
+    return f"One of: {', '.join(b.name + (' (GPU)' if b.needs_gpu else '') for b in BACKENDS.values())}."
 
 
 @app.command()
@@ -174,7 +174,8 @@ def predict(
                                                              "1/254: a quarter of the size).")] = "float32",
     mask_quality: Annotated[bool, typer.Option(help="Mask cloud, shadow, saturated and no-data pixels with the "
                                                     "product's quality band (Sentinel-2 SCL, Landsat QA_PIXEL).")] = False,
-    url: Annotated[Optional[str], typer.Option(help="--backend triton: the server (host:port).")] = None,
+    url: Annotated[Optional[str], typer.Option(help="--backend triton: the server (host:port; default 127.0.0.1 "
+                                                    "port 8000 for http, 8001 for grpc).")] = None,
     protocol: Annotated[str, typer.Option(help="--backend triton: http or grpc.")] = "http",
     preview: Annotated[Optional[Path], typer.Option(help="Also write a PNG overview of inputs and maps.")] = None,
 ) -> None:
@@ -183,7 +184,7 @@ def predict(
     from stsun.runtime import load_engine
     from stsun.runtime.scene import SceneOptions, predict_scene, preview as write_preview
 
-    remote = {"url": url, "protocol": protocol} if backend == "triton" and url else {}
+    remote = {"url": url, "protocol": protocol} if backend == "triton" else {}
     engine = load_engine(engine_dir, backend=backend, precision=precision, **remote)
     if profile and load_profile(profile).name != engine.profile.name:
         raise EngineError(f"{engine_dir} was built for profile '{engine.profile.name}', not '{profile}'")
@@ -191,7 +192,7 @@ def predict(
         overlap=overlap, align=align, dn_offset=dn_offset, probabilities=probabilities,
         probabilities_encoding=probabilities_encoding, mask_quality=mask_quality))
     if preview:
-        write_preview(list(dates), output, preview, engine.profile)
+        write_preview(list(dates), output, preview, engine.profile, dn_offset=dn_offset)
     console.print(f"wrote {output}")
 
 

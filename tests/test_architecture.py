@@ -3,7 +3,8 @@
     core < kernels < model < export < runtime < top (build pipeline, CLIs, benchmarks)
 
 A module may import its own layer and the layers below it, never one above. Run alone with
-``python -m pytest -q tests/test_architecture.py``; it needs only the standard library.
+``python -m pytest -q tests/test_architecture.py`` (the import walk itself reads the source with
+``ast`` and imports nothing of the project).
 """
 import ast
 from pathlib import Path

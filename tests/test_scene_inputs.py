@@ -134,7 +134,10 @@ def test_safe_product_prefers_the_finest_band_and_masks_clouds(s2, tmp_path):
             scl = np.full((256, 256), 4, np.uint8)  # 4 = vegetation
             if t == 1:
                 scl[0:64, 0:64] = 9  # cloud, high probability: the top-left 128 x 128 px at 10 m
-            write_band(root / "R20m" / f"T33UUP_SCL_20m.jp2", scl, b05.transform, b05.crs, nodata=None,
+            write_band(root / "R20m" / "T33UUP_SCL_20m.jp2", scl, b05.transform, b05.crs, nodata=None,
+                       driver="JP2OpenJPEG")
+            # baseline >= 04.00 products carry per-band masks in QI_DATA: they claim no band
+            write_band(root.parent / "QI_DATA" / "MSK_DETFOO_B02.jp2", scl, b05.transform, b05.crs, nodata=None,
                        driver="JP2OpenJPEG")
         safes.append(tmp_path / f"safe{t}")
     date = resolve_date(safes[0], profile)
@@ -197,6 +200,12 @@ def test_stac_item_with_scale_and_common_names(s2, tmp_path):
                 "properties": {"datetime": f"2023-06-0{t + 1}T10:00:00Z"}, "links": [], "assets": assets,
                 "stac_extensions": ["https://stac-extensions.github.io/eo/v1.1.0/schema.json",
                                     "https://stac-extensions.github.io/raster/v1.1.0/schema.json"]}
+        with rasterio.open(paths["B4"]) as r, rasterio.open(paths["B3"]) as g, rasterio.open(paths["B2"]) as b:
+            rgb = np.stack([r.read(1), g.read(1), b.read(1)])
+            with rasterio.open(d / "TCI.tif", "w", driver="GTiff", width=rgb.shape[2], height=rgb.shape[1], count=3,
+                               dtype=rgb.dtype, crs=r.crs, transform=r.transform) as dst:
+                dst.write(rgb[::-1])  # a multi-band "visual" asset in another band order: never preferred
+        item["assets"]["visual"] = {"href": "TCI.tif", "eo:bands": [{"name": "B04"}, {"name": "B03"}, {"name": "B02"}]}
         (d / "item.json").write_text(json.dumps(item))
         items.append(d / "item.json")
     resolved = resolve_date(items[0], profile)
@@ -204,6 +213,7 @@ def test_stac_item_with_scale_and_common_names(s2, tmp_path):
     out = predict_scene(engine, items, tmp_path / "stac.tif", SceneOptions(progress=False))
     flat = [tmp_path / f"stac{t}" for t in range(2)]
     for t in range(2):  # the same files as a band directory, B11 restored to plain DNs
+        (flat[t] / "TCI.tif").unlink()
         with rasterio.open(flat[t] / "B11.tif") as src:
             data, tr, crs = src.read(1) - 1000, src.transform, src.crs
         write_band(flat[t] / "B11.tif", data.astype(np.uint16), tr, crs)
@@ -262,3 +272,34 @@ def test_written_map_is_as_compact_as_a_fresh_copy(s2, tmp_path):
         rasterio.shutil.copy(plain, fresh, driver="COG", COMPRESS="DEFLATE", PREDICTOR="YES", BLOCKSIZE=256,
                              OVERVIEW_RESAMPLING="MODE" if path == out else "AVERAGE")
         assert path.stat().st_size <= 1.10 * fresh.stat().st_size, (path.name, path.stat().st_size, fresh.stat().st_size)
+
+
+def test_aligned_coarse_bands_are_read_like_warping(tmp_path):
+    """A 20 m band whose pixel edges lie on the 10 m grid and which starts before it is read by
+    RasterIO, with the values warping gives; one starting inside the grid is warped (its missing
+    edge is nodata), never read with a negative window."""
+    import contextlib
+
+    from rasterio.transform import from_origin
+    from rasterio.vrt import WarpedVRT
+    from rasterio.windows import Window
+
+    from stsun.runtime.scene_inputs import BandSource, DateInput, DateReader, Grid, _aligned_factor
+
+    profile = load_profile("sentinel2-scd").model_copy(update={"bands": load_profile("sentinel2-scd").bands[:1]})
+    grid = Grid("EPSG:32633", from_origin(500000, 5000000, 10, 10), 100, 100)
+    rng = np.random.default_rng(0)
+    for name, origin, aligned in (("before", (499980, 5000020), (2, (-2, -2))), ("inside", (500020, 5000000), None)):
+        data = rng.integers(1, 5000, (60, 60)).astype(np.uint16)
+        path = tmp_path / f"{name}.tif"
+        write_band(path, data, from_origin(*origin, 20, 20), "EPSG:32633")
+        with rasterio.open(path) as src:
+            assert _aligned_factor(src, grid) == aligned
+            want = WarpedVRT(src, crs=grid.crs, transform=grid.transform, width=100, height=100, src_nodata=0,
+                             nodata=0, resampling=Resampling.bilinear).read(1, window=Window(0, 30, 100, 40))
+        with contextlib.ExitStack() as stack:
+            date = DateInput(path, "band directory", [BandSource("B2", str(path))])
+            x, valid = DateReader(date, profile, grid, stack, 0.0).read(Window(0, 30, 100, 40))
+        scaled = want.astype(np.float32) * np.float32(profile.scaling.scale)
+        np.testing.assert_allclose(x[0][valid], scaled[valid], rtol=0, atol=1e-6)
+        assert valid.mean() > (0.99 if aligned else 0.9)

@@ -15,7 +15,7 @@ from ..engine import BuildDir, Engine
 class TritonEngine(Engine):
     backend = "triton"
 
-    def __init__(self, profile: Profile, max_batch: int, url: str = "127.0.0.1:8000", protocol: str = "http",
+    def __init__(self, profile: Profile, max_batch: int, url: str | None = None, protocol: str = "http",
                  model: str | None = None, in_flight: int = 4) -> None:
         super().__init__(profile, max_batch)
         try:
@@ -29,6 +29,7 @@ class TritonEngine(Engine):
         except ImportError:
             raise EngineError("the triton backend needs tritonclient: pip install 'stsun[serve]'") from None
         self._client_mod, self._error = client, InferenceServerException
+        url = url or ("127.0.0.1:8000" if protocol == "http" else "127.0.0.1:8001")
         self.client = (client.InferenceServerClient(url=url, concurrency=in_flight) if protocol == "http"
                        else client.InferenceServerClient(url=url))
         self.model = model or profile.name

@@ -3,7 +3,7 @@
 x (B, T_in, C_in, H, W) --STSUN(meta)--> logits (B, T_out, C_out, H, W)
 
 Every forward runs the DUM hypernetworks on the metadata, then the static backbone.
-``generate`` exposes the hypernetwork outputs so that ``stsun.export.folding`` can turn
+``generate`` exposes the hypernetwork outputs so that ``stsun.model.folding`` can turn
 them into constant layers for one fixed profile.
 """
 from __future__ import annotations
