@@ -218,6 +218,28 @@ def calibrate_bn(
     console.print(f"calibrated {', '.join(sorted({p.task for p in profs}))} statistics -> {out or checkpoint}")
 
 
+@app.command("import-research")
+def import_research(
+    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint of the authors' training code: a Lightning .ckpt, "
+                                                    "or a state dict of their encoder.* / decoder.* tensors "
+                                                    "(.pt/.pth via torch.save, or .safetensors).")],
+    dataset: Annotated[str, typer.Option(help="Their dataset whose settings to deploy: whu, whucd, levircd or tscd.")],
+    out: Annotated[Path, typer.Option(help="Our checkpoint to write (.safetensors; config .json beside it).")],
+    heads: Annotated[int, typer.Option(min=1, help="Attention heads it was trained with (shapes cannot tell).")] = 16,
+    trust_pickle: Annotated[bool, typer.Option(help="Allow Python objects besides tensors in the file (full pickle: "
+                                                    "only for files you trust).")] = False,
+) -> None:
+    """Import a checkpoint of the authors' code as a research-variant STSUN checkpoint."""
+    from stsun.research_import import import_research as run_import
+
+    path, settings = run_import(checkpoint, dataset, out, heads=heads, trust_pickle=trust_pickle)
+    console.print(f"wrote {path} (research variant, dataset '{dataset}': {settings['t_in']} -> {settings['t_out']} dates, "
+                  f"{settings['classes']} class(es), {settings['tile_size']} px tiles)", highlight=False, soft_wrap=True)
+    if settings["profile"]:
+        console.print(f"build it: python export/build_engine.py --profile {settings['profile']} --checkpoint {path}",
+                      highlight=False, soft_wrap=True)
+
+
 @app.command("triton-repo")
 def triton_repo(
     build_dir: Annotated[Path, typer.Argument(help="Build directory from build_engine.py.")],

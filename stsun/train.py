@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from stsun.errors import CheckpointError
 from stsun.model import STSUN, Metadata, model_config
 from stsun.model.norm import TaskBatchNorm2d
 from stsun.profiles import Profile
@@ -73,6 +74,10 @@ def calibrate_batchnorm(model: STSUN, profiles: list[Profile], batches: int = 8,
                         seed: int = 12345) -> dict:
     """Recompute each task's BatchNorm running statistics as the exact average over
     ``batches`` batches of unlabeled generated tiles per profile (no weights change)."""
+    if model.config.variant == "research":
+        # Its BatchNorm statistics are shared by every dataset, as the authors trained them.
+        raise CheckpointError("a research-variant model has no per-task BatchNorm statistics to calibrate; "
+                              "it keeps the statistics it was trained with")
     by_task: dict[str, list[Profile]] = {}
     for p in profiles:
         by_task.setdefault(p.task, []).append(p)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
+from typing import Literal
 
 # Every class a model can be asked for. A profile chooses a subset; the output SSUM is
 # generated from the chosen classes' embeddings, so new subsets need no retraining.
@@ -11,6 +12,10 @@ CLASS_VOCABULARY: tuple[str, ...] = (
     "grassland", "snow and ice", "cloud", "change",
 )
 TASKS: tuple[str, ...] = ("ss", "bcd", "scd")
+# "paper": the model as the paper describes it (metadata = wavelengths, GSD, positions, dates).
+# "research": the authors' public training code, forward for forward, so that their checkpoints
+# deploy unchanged (stsun.model.research; the README lists every difference).
+VARIANTS: tuple[str, ...] = ("paper", "research")
 
 
 @dataclass(frozen=True)
@@ -21,12 +26,17 @@ class ModelConfig:
     enc_depth: int
     dec_depth: int
     unified_dim: int        # D_u, channels on the unified grid
-    dum_hidden: int         # width of every DUM hypernetwork
+    dum_hidden: int         # width of every DUM hypernetwork (research: each is as wide as the layer it makes)
     unified_grid: int = 256  # tiles map onto this grid; tokens are unified_grid / 8
     temporal_dim: int = 2   # T_u, the unified time length inside TUM
     mlp_ratio: float = 4.0
     class_vocabulary: tuple[str, ...] = CLASS_VOCABULARY
     tasks: tuple[str, ...] = TASKS
+    variant: Literal["paper", "research"] = "paper"
+
+    def __post_init__(self) -> None:
+        if self.variant not in VARIANTS:
+            raise ValueError(f"unknown model variant {self.variant!r}; choose one of {', '.join(VARIANTS)}")
 
     @property
     def token_grid(self) -> int:

@@ -16,6 +16,12 @@ Both are scaled by 0.01 so a freshly initialised layer starts near zero.
 ``group`` restricts attention to consecutive groups of tokens (each with its own copy of
 the bias token). The output SSUM uses one group per class, so the head generated for a
 class never depends on which other classes were chosen alongside it.
+
+The keyword-only options reproduce the authors' public code (the "research" variant,
+``stsun.model.research``): no embedding Linear (one metadata field's sin-cos features are
+the tokens), a feed-forward width of their choosing, the in-mode weight read as
+``view(fixed_dim, N)`` of the (N, fixed_dim) head output instead of its transpose, no bias
+token in an out-mode layer with bias, and an out-mode layer without bias.
 """
 from __future__ import annotations
 
@@ -36,6 +42,7 @@ FIELD_SCALE = {
     "time_years": 1000.0,
     "time_start_years": 1000.0,
     "time_end_years": 1000.0,
+    "index": 1000.0,  # research variant: a 1-based index (position in patch, date, class)
 }
 
 
@@ -60,42 +67,54 @@ class DUM(nn.Module):
         layers: int = 1,
         heads: int = 4,
         scale: float = 0.01,
+        *,
+        embed: bool = True,
+        ffn_dim: int | None = None,
+        in_weight: Literal["transpose", "view"] = "transpose",
+        bias_token: bool = True,
+        out_bias: bool = True,
     ) -> None:
         super().__init__()
         unknown = set(fields) - FIELD_SCALE.keys()
         if unknown:
             raise ValueError(f"unknown DUM metadata fields {sorted(unknown)}")
+        if not embed and len(fields) != 1:
+            raise ValueError(f"a DUM without an embedding Linear takes one metadata field, got {fields}")
+        if mode == "in" and not (bias_token and out_bias):
+            raise ValueError("an in-mode DUM generates its bias from the bias token")
         self.fields = fields
         self.fixed_dim = fixed_dim
         self.mode = mode
         self.hidden = hidden
         self.scale = scale
-        self.embed = nn.Linear(len(fields) * hidden, hidden)
+        self.in_weight = in_weight
+        self.out_bias = out_bias
+        self.embed = nn.Linear(len(fields) * hidden, hidden) if embed else None
         self.mlp = ResidualMLP(hidden)
         self.cond = nn.Linear(cond_dim, hidden) if cond_dim else None
         layer = nn.TransformerEncoderLayer(
-            d_model=hidden, nhead=heads, dim_feedforward=2 * hidden, dropout=0.0,
+            d_model=hidden, nhead=heads, dim_feedforward=ffn_dim or 2 * hidden, dropout=0.0,
             activation="gelu", batch_first=True, norm_first=False,
         )
         self.encoder = nn.TransformerEncoder(layer, num_layers=layers, enable_nested_tensor=False)
-        self.bias_token = nn.Parameter(torch.randn(1, hidden) * 0.02)
-        self.head = nn.Linear(hidden, fixed_dim + (1 if mode == "out" else 0))
+        self.bias_token = nn.Parameter(torch.randn(1, hidden) * 0.02) if bias_token else None
+        self.head = nn.Linear(hidden, fixed_dim + (1 if mode == "out" and out_bias else 0))
         self.bias_head = nn.Linear(hidden, fixed_dim) if mode == "in" else None
 
     def forward(
         self, meta: torch.Tensor, cond: torch.Tensor | None = None, group: int | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """meta: (N, len(fields)) raw metadata values; cond: (N, cond_dim) or (cond_dim,).
 
         Returns ``(weight, bias)`` of an ordinary Linear layer:
         mode "in": weight (fixed_dim, N), bias (fixed_dim,);
-        mode "out": weight (N, fixed_dim), bias (N,).
+        mode "out": weight (N, fixed_dim), bias (N,), or None for a DUM built with ``out_bias=False``.
         """
         if meta.dim() != 2 or meta.shape[1] != len(self.fields):
             raise ValueError(f"DUM expects metadata of shape (N, {len(self.fields)}) for {self.fields}, got {tuple(meta.shape)}")
         scales = meta.new_tensor([FIELD_SCALE[f] for f in self.fields])
         feats = sincos_1d(meta * scales, self.hidden).flatten(1)
-        tokens = self.mlp(self.embed(feats))
+        tokens = self.mlp(feats if self.embed is None else self.embed(feats))
         if self.cond is not None:
             if cond is None:
                 raise ValueError("this DUM is conditioned: pass a task or class embedding")
@@ -104,14 +123,17 @@ class DUM(nn.Module):
         group = group or n
         if n % group or (group != n and self.mode == "in"):
             raise ValueError(f"cannot split {n} {self.mode}-mode DUM tokens into groups of {group}")
-        groups = tokens.view(n // group, group, self.hidden)
-        seq = torch.cat([groups, self.bias_token.expand(n // group, 1, self.hidden)], dim=1)
+        seq = tokens.view(n // group, group, self.hidden)
+        if self.bias_token is not None:
+            seq = torch.cat([seq, self.bias_token.expand(n // group, 1, self.hidden)], dim=1)
         out = self.encoder(seq)
-        token_out, bias_out = out[:, :-1].reshape(n, self.hidden), out[0, -1]
+        token_out = out[:, :group].reshape(n, self.hidden)
+        rows = self.head(token_out + tokens)
         if self.mode == "in":
-            weight = self.head(token_out + tokens).t()
-            bias = self.bias_head(bias_out)
-        else:
-            rows = self.head(token_out + tokens)
-            weight, bias = rows[:, :-1], rows[:, -1]
-        return weight * self.scale, bias * self.scale
+            # "view" reads the (N, fixed_dim) rows in memory order as (fixed_dim, N), as the
+            # authors' code does: not a transpose, but what their checkpoints were trained with.
+            weight = rows.t() if self.in_weight == "transpose" else rows.reshape(self.fixed_dim, n)
+            return weight * self.scale, self.bias_head(out[0, -1]) * self.scale
+        if not self.out_bias:
+            return rows * self.scale, None
+        return rows[:, :-1] * self.scale, rows[:, -1] * self.scale

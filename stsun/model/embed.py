@@ -14,10 +14,11 @@ def sincos_1d(values: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.cat([angles.sin(), angles.cos()], dim=-1)
 
 
-def sincos_2d(grid_h: int, grid_w: int, dim: int) -> torch.Tensor:
-    """(grid_h * grid_w, dim) position embedding in row-major token order: half rows, half columns."""
+def sincos_2d(grid_h: int, grid_w: int, dim: int, columns_first: bool = False) -> torch.Tensor:
+    """(grid_h * grid_w, dim) position embedding in row-major token order: half rows, half columns
+    (``columns_first``: half columns, half rows, as the authors' code initialises theirs)."""
     if dim % 4:
         raise ValueError(f"2-D sin-cos embedding dim must be a multiple of 4, got {dim}")
-    rows = torch.arange(grid_h, dtype=torch.float32).repeat_interleave(grid_w)
-    cols = torch.arange(grid_w, dtype=torch.float32).repeat(grid_h)
-    return torch.cat([sincos_1d(rows, dim // 2), sincos_1d(cols, dim // 2)], dim=-1)
+    rows = sincos_1d(torch.arange(grid_h, dtype=torch.float32).repeat_interleave(grid_w), dim // 2)
+    cols = sincos_1d(torch.arange(grid_w, dtype=torch.float32).repeat(grid_h), dim // 2)
+    return torch.cat([cols, rows] if columns_first else [rows, cols], dim=-1)

@@ -6,6 +6,7 @@ For a fixed (sensor, GSD, tile size, dates, task, classes) every DUM output is a
 - output SSUM (generated Linear + shuffle)  -> 1x1 Conv2d + PixelShuffle(p)
 - task and position embeddings              -> constant token biases
 - eval-mode BatchNorm after a conv          -> folded into that conv (with the task's statistics)
+- research variant: final_linear(x + decoder task embedding) before TUM -> one Linear
 The result has no hypernetwork and no metadata inputs: x (B, T_in, C_in, H, W) -> logits.
 """
 from __future__ import annotations
@@ -19,7 +20,7 @@ from stsun.profiles import Profile
 
 from .metadata import Metadata
 from .norm import TaskBatchNorm2d
-from .stsun import STSUN, run_blocks
+from .stsun import STSUN, Generated, run_blocks
 
 
 def fold_batchnorm(conv: nn.Conv2d | nn.ConvTranspose2d, bn: nn.BatchNorm2d) -> nn.Module:
@@ -42,6 +43,16 @@ def task_statistics(module: nn.Module, task: int) -> nn.Module:
             if isinstance(sub, TaskBatchNorm2d):
                 setattr(child, attr, sub.to_batchnorm(task))
     return module
+
+
+def fold_pre_tum(model: STSUN, gen: Generated) -> nn.Module:
+    """What the research variant applies to the encoder's tokens before TUM, ``final_linear(x +
+    task_out)``, as one Linear; nothing for the paper variant."""
+    if model.config.variant != "research":
+        return nn.Identity()
+    linear = copy.deepcopy(model.final_linear)
+    linear.bias.copy_(model.final_linear(gen.task_out))
+    return linear
 
 
 def fold_sequential(seq: nn.Sequential) -> nn.Sequential:
@@ -75,17 +86,19 @@ class FoldedSTSUN(nn.Module):
             self.stem = fold_sequential(task_statistics(model.stem, task))
             self.register_buffer("token_bias", (model.pos_embed + gen.task).clone())
             self.encoder = task_statistics(model.encoder, task)
+            self.pre_tum = fold_pre_tum(model, gen)
             self.register_buffer("w_t1", gen.w_t1.clone())
             self.register_buffer("b_t1", gen.b_t1.view(-1, 1).clone())
             self.register_buffer("w_t2", gen.w_t2.clone())
             self.register_buffer("b_t2", gen.b_t2.view(-1, 1).clone())
             self.decoder = task_statistics(model.decoder, task)
             self.norm = copy.deepcopy(model.norm)
-            self.register_buffer("out_bias", gen.task.clone())
+            self.register_buffer("out_bias", gen.task_out.clone())
             self.head = fold_sequential(task_statistics(model.head, task))
-            self.output = nn.Conv2d(cfg.unified_dim, meta.c_out * p * p, 1)
+            self.output = nn.Conv2d(cfg.unified_dim, meta.c_out * p * p, 1, bias=gen.b_out is not None)
             self.output.weight.copy_(gen.w_out[:, :, None, None])
-            self.output.bias.copy_(gen.b_out)
+            if gen.b_out is not None:
+                self.output.bias.copy_(gen.b_out)
             self.shuffle = nn.PixelShuffle(p)
         self.eval()
 
@@ -94,7 +107,7 @@ class FoldedSTSUN(nn.Module):
         g, d = self.grid, self.dim
         tokens = self.stem(self.input(x.reshape(b * self.t_in, self.c_in, self.tile, self.tile)))
         tokens = run_blocks(self.encoder, tokens.flatten(2).transpose(1, 2) + self.token_bias, g)
-        seq = tokens.reshape(b, self.t_in, g * g * d)
+        seq = self.pre_tum(tokens).reshape(b, self.t_in, g * g * d)
         seq = torch.matmul(self.w_t2, torch.relu(torch.matmul(self.w_t1, seq) + self.b_t1)) + self.b_t2
         tokens = run_blocks(self.decoder, seq.reshape(b * self.t_out, g * g, d), g)
         tokens = self.norm(tokens) + self.out_bias

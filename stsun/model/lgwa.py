@@ -6,6 +6,7 @@ Triton kernel for CUDA inference, one ``stsun::WindowAttention`` node in a plugi
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from stsun.kernels.contract import AttentionSpec
@@ -19,14 +20,23 @@ WINDOW_SCHEDULE: tuple[tuple[int, int] | None, ...] = ((32, 8), (16, 16), (8, 32
 
 
 class WindowAttention(nn.Module):
-    """qkv projection -> window (or global) attention -> output projection."""
+    """qkv projection -> window (or global) attention -> output projection.
 
-    def __init__(self, dim: int, num_heads: int, window_hw: tuple[int, int] | None) -> None:
+    Where the windows do not tile the grid, the paper variant masks the padded keys (the
+    attention contract, ``stsun.kernels``). ``pad_tokens`` follows the authors' code instead:
+    the grid is padded with zero tokens BEFORE the qkv projection, so padded positions carry
+    the projection's bias as keys and values and take part in the softmax. The padded grid is
+    then a multiple of the window, so the reference, the fused kernel and the plugin all run
+    it unchanged (nothing left to mask), and the padded rows/columns are cropped after.
+    """
+
+    def __init__(self, dim: int, num_heads: int, window_hw: tuple[int, int] | None, pad_tokens: bool = False) -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"embed dim {dim} is not divisible by {num_heads} heads")
         self.num_heads = num_heads
         self.window_hw = window_hw
+        self.pad_tokens = pad_tokens
         self.qkv = nn.Linear(dim, 3 * dim, bias=True)
         self.proj = nn.Linear(dim, dim)
         self.emit_plugin = False  # ONNX export: one custom WindowAttention node (a TensorRT plugin)
@@ -34,6 +44,11 @@ class WindowAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, grid_hw: tuple[int, int]) -> torch.Tensor:
         window = self.window_hw or grid_hw
+        gh, gw = grid_hw
+        ph, pw = ((-gh) % window[0], (-gw) % window[1]) if self.pad_tokens else (0, 0)
+        if ph or pw:
+            x = F.pad(x.view(x.shape[0], gh, gw, -1), (0, 0, 0, pw, 0, ph)).flatten(1, 2)
+            grid_hw = (gh + ph, gw + pw)
         qkv = self.qkv(x)
         hd = qkv.shape[-1] // (3 * self.num_heads)
         if self.emit_plugin and torch.onnx.is_in_onnx_export():
@@ -45,21 +60,28 @@ class WindowAttention(nn.Module):
             out = window_attention_op(qkv, *grid_hw, *window, self.num_heads, hd ** -0.5)
         else:
             out = window_attention_reference(qkv, grid_hw, window, self.num_heads)
+        if ph or pw:
+            out = out.view(out.shape[0], *grid_hw, -1)[:, :gh, :gw].flatten(1, 2)
         return self.proj(out)
 
 
 class LGWABlock(nn.Module):
-    """x += Attn(LN(x)); x += MLP(LN(x)); x += Conv3x3(SiLU(BN(x))) on the token grid."""
+    """x += Attn(LN(x)); x += MLP(LN(x)); x += Conv3x3(SiLU(BN(x))) on the token grid.
+
+    BatchNorm keeps statistics per task (``num_tasks``), or, with ``num_tasks=None``, one shared
+    set as the authors' code does; ``pad_tokens`` is WindowAttention's.
+    """
 
     def __init__(self, dim: int, num_heads: int, window_hw: tuple[int, int] | None,
-                 mlp_ratio: float = 4.0, eps: float = 1e-6, num_tasks: int = 3) -> None:
+                 mlp_ratio: float = 4.0, eps: float = 1e-6, num_tasks: int | None = 3, pad_tokens: bool = False) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=eps)
-        self.attn = WindowAttention(dim, num_heads, window_hw)
+        self.attn = WindowAttention(dim, num_heads, window_hw, pad_tokens)
         self.norm2 = nn.LayerNorm(dim, eps=eps)
         hidden = int(dim * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
-        self.local = nn.Sequential(TaskBatchNorm2d(dim, num_tasks), nn.SiLU(), nn.Conv2d(dim, dim, 3, padding=1))
+        norm = nn.BatchNorm2d(dim) if num_tasks is None else TaskBatchNorm2d(dim, num_tasks)
+        self.local = nn.Sequential(norm, nn.SiLU(), nn.Conv2d(dim, dim, 3, padding=1))
 
     def forward(self, x: torch.Tensor, grid_hw: tuple[int, int]) -> torch.Tensor:
         x = x + self.attn(self.norm1(x), grid_hw)

@@ -20,12 +20,13 @@ class Metadata:
     classes: tuple[str, ...]
     band_names: tuple[str, ...] | None = None
     name: str = "custom"
+    research_dataset: str | None = None  # the authors' dataset (research-variant models only)
 
     @classmethod
     def from_profile(cls, profile: Profile) -> "Metadata":
         return cls(wavelengths_nm=profile.wavelengths_nm, gsd_m=profile.gsd_m, tile_size=profile.tile_size,
                    dates_days=tuple(profile.dates_days), task=profile.task, classes=profile.classes,
-                   band_names=profile.band_names, name=profile.name)
+                   band_names=profile.band_names, name=profile.name, research_dataset=profile.research_dataset)
 
     @property
     def c_in(self) -> int:

@@ -58,6 +58,9 @@ class Profile(BaseModel):
     nodata: float | None = None
     rgb_bands: tuple[str, str, str] | None = Field(
         default=None, description="red, green and blue band names for previews (None: no RGB preview)")
+    research_dataset: str | None = Field(
+        default=None, description="the dataset of the authors' training code whose settings this profile has "
+                                  "(its task-embedding row in research-variant checkpoints)")
 
     @model_validator(mode="after")
     def _consistent(self) -> "Profile":
