@@ -102,6 +102,9 @@ def _check(spec: AttentionSpec, arch: int) -> None:
         raise AotError(f"dtype must be one of {KERNEL_PRECISIONS}, got {spec.dtype!r}")
     if arch < 80:
         raise AotError(f"sm_{arch} is not supported: the kernel needs sm_80 or newer")
+    if not 16 <= spec.head_dim <= 128:
+        raise AotError(f"the fused attention kernel needs heads 16 to 128 wide, this model's are {spec.head_dim}: "
+                       f"build with --attention tensorrt")
 
 
 def _compile_here(spec: AttentionSpec, arch: int) -> AotKernel:

@@ -57,6 +57,8 @@ def test_aot_odd_grid_and_errors():
         compile_ptx(AttentionSpec(32, 32, 16, 16, 2, 32, 0.1, "fp16"), 75)
     with pytest.raises(AotError, match="dtype"):
         compile_ptx(AttentionSpec(32, 32, 16, 16, 2, 32, 0.1, "fp8"), 90)
+    with pytest.raises(AotError, match="heads 16 to 128 wide.*--attention tensorrt"):
+        compile_ptx(AttentionSpec(32, 32, 16, 16, 16, 8, 0.1, "fp16"), 90)
 
 
 def test_plugin_module_keeps_runtime_annotations():
