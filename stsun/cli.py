@@ -12,7 +12,7 @@ from typer.core import TyperCommand, TyperGroup
 
 from stsun.errors import StsunError
 from stsun.precision import PRECISIONS
-from stsun.profiles import builtin_profiles, load_profile
+from stsun.profiles import Profile, builtin_profiles, load_profile
 
 console = Console()
 errors = Console(stderr=True)
@@ -107,51 +107,149 @@ def profiles(
                                     subsequent_indent="      "), highlight=False)
 
 
+DATA_HELP = ("A labelled dataset folder: A/ B/ label/ (binary change), im1/ im2/ label1/ label2/ (semantic change), "
+             "images/ labels/ (segmentation) or GeoTIFF stacks (date1.tif ... with labels), optionally in "
+             "train/ val/ test/.")
+SYNTHETIC_PROFILES = "sentinel2-scd,sentinel2-bcd,sentinel2-ss"
+
+
+def _only_with_data(data: Optional[Path], **given) -> None:
+    """Options of the dataset path must not be given without --data (and vice versa)."""
+    wrong = [f"--{k.replace('_', '-')}" for k, v in given.items() if v not in (None, False)]
+    if wrong:
+        raise typer.BadParameter(f"{', '.join(wrong)} {'can only' if data is None else 'cannot'} be used with --data")
+
+
 @app.command()
 def train(
-    profiles_: Annotated[str, typer.Option("--profiles", help="Comma-separated profiles to train on jointly.")] = "sentinel2-scd,sentinel2-bcd,sentinel2-ss",
-    size: Annotated[str, typer.Option(help="Model size.")] = "tiny",
-    steps: Annotated[int, typer.Option(min=1)] = 1800,
+    data: Annotated[Optional[Path], typer.Option(help=DATA_HELP)] = None,
+    profile: Annotated[Optional[str], typer.Option(help="With --data: the profile the data is for (name or .toml).")] = None,
+    checkpoint: Annotated[Optional[Path], typer.Option(help="With --data: start from this checkpoint "
+                                                            "(default: the demo checkpoint).")] = None,
+    scratch: Annotated[bool, typer.Option(help="With --data: start from random weights of --size.")] = False,
+    epochs: Annotated[int, typer.Option(min=1, help="With --data: epochs to train.")] = 20,
+    epoch_steps: Annotated[Optional[int], typer.Option(min=1, help="With --data: steps per epoch (default: the "
+                                                                   "training tiles' area once).")] = None,
+    val_fraction: Annotated[float, typer.Option(min=0.0, max=0.9, help="With --data and no val split: the part of "
+                                                                       "the training data held out.")] = 0.2,
+    resume: Annotated[bool, typer.Option(help="With --data: continue the run saved in OUT.state.pt.")] = False,
+    device: Annotated[Optional[str], typer.Option(help="With --data: cpu or cuda (default: cuda when there is one).")] = None,
+    profiles_: Annotated[Optional[str], typer.Option("--profiles", help="Without --data: comma-separated profiles to "
+                                                                       f"train on jointly (default: {SYNTHETIC_PROFILES}).")] = None,
+    steps: Annotated[Optional[int], typer.Option(min=1, help="Without --data: training steps (default: 1800).")] = None,
+    size: Annotated[str, typer.Option(help="Model size (synthetic training, or --scratch).")] = "tiny",
     batch: Annotated[int, typer.Option(min=1)] = 4,
-    lr: float = 2e-3,
+    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (default: 2e-3; with --data from a "
+                                                     "checkpoint 1e-3).")] = None,
     seed: int = 0,
-    time_limit: Annotated[float, typer.Option(help="Stop after this many seconds.")] = 1140.0,
+    time_limit: Annotated[Optional[float], typer.Option(help="Stop after this many seconds (synthetic default 1140).")] = None,
     out: Annotated[Path, typer.Option(help="Checkpoint path (.safetensors; config .json beside it).")] = Path("checkpoint.safetensors"),
 ) -> None:
-    """Train one model jointly on several profiles from synthetic scenes (CPU-friendly)."""
+    """Train on your labelled data (--data, --profile), or one model jointly on synthetic scenes."""
     import sys
 
     from stsun.checkpoint import save_checkpoint
-    from stsun.train import train as run_training
 
-    profs = [load_profile(p.strip()) for p in profiles_.split(",")]
-    model, info = run_training(profs, size=size, steps=steps, batch=batch, lr=lr, seed=seed, time_limit_s=time_limit)
-    info["command"] = "stsun " + " ".join(sys.argv[1:])
-    path = save_checkpoint(model, out, extra={"training": info})
-    console.print(f"saved {path} after {info['steps_done']} steps ({info['seconds']} s), loss {info['final_loss_avg20']:.3f}")
+    if data is None:
+        _only_with_data(data, profile=profile, checkpoint=checkpoint, scratch=scratch, resume=resume, device=device,
+                        epoch_steps=epoch_steps)
+        from stsun.train import train as run_training
+
+        profs = [load_profile(p.strip()) for p in (profiles_ or SYNTHETIC_PROFILES).split(",")]
+        model, info = run_training(profs, size=size, steps=steps or 1800, batch=batch, lr=lr or 2e-3, seed=seed,
+                                   time_limit_s=1140.0 if time_limit is None else time_limit)
+        info["command"] = "stsun " + " ".join(sys.argv[1:])
+        path = save_checkpoint(model, out, extra={"training": info})
+        console.print(f"saved {path} after {info['steps_done']} steps ({info['seconds']} s), loss {info['final_loss_avg20']:.3f}")
+        return
+    _only_with_data(data, profiles=profiles_, steps=steps)
+    if profile is None:
+        raise typer.BadParameter("--data needs --profile (the profile the data is for)")
+    if scratch and checkpoint is not None:
+        raise typer.BadParameter("give --checkpoint or --scratch, not both")
+    from stsun.datasets import open_dataset
+    from stsun.finetune import FineTuneOptions, fine_tune
+
+    dataset = open_dataset(data, load_profile(profile))
+    options = FineTuneOptions(epochs=epochs, epoch_steps=epoch_steps, batch=batch, lr=lr, val_fraction=val_fraction,
+                              seed=seed, time_limit_s=time_limit, device=device)
+    fine_tune(dataset, out, "scratch" if scratch else checkpoint, options, resume=resume, size=size)
 
 
 @app.command()
 def evaluate(
+    data: Annotated[Optional[Path], typer.Option(help=DATA_HELP)] = None,
+    profile: Annotated[Optional[str], typer.Option(help="With --data: the profile the data is for (name or .toml).")] = None,
     checkpoint: Annotated[Optional[Path], typer.Option(help="Checkpoint (default: the demo checkpoint).")] = None,
-    tiles: Annotated[int, typer.Option(min=1, help="Held-out tiles per setting.")] = 8,
+    engine_dir: Annotated[Optional[Path], typer.Option("--engine", help="With --data: also score this build "
+                                                                        "directory's artifact.")] = None,
+    backend: Annotated[str, typer.Option(help="With --engine: " + _backend_help())] = "onnxruntime",
+    precision: Annotated[Optional[str], typer.Option(help="With --engine: the artifact's precision (default fp32).")] = None,
+    split: Annotated[Optional[str], typer.Option(help="With --data: test, val, train, all, or heldout (the validation "
+                                                      "part the checkpoint's training kept). Default: test if the data "
+                                                      "has one, else heldout if the checkpoint names one, else val, "
+                                                      "else all.")] = None,
+    tiles: Annotated[int, typer.Option(min=1, help="Without --data: held-out tiles per setting.")] = 8,
+    batch: Annotated[int, typer.Option(min=1, help="With --data: tiles per forward pass.")] = 4,
     out: Annotated[Optional[Path], typer.Option(help="Write the results JSON here (and a .md table beside it).")] = None,
-    figure: Annotated[Optional[Path], typer.Option(help="Write a prediction-vs-label PNG here (needs matplotlib).")] = None,
+    figure: Annotated[Optional[Path], typer.Option(help="Without --data: write a prediction-vs-label PNG here "
+                                                        "(needs matplotlib).")] = None,
 ) -> None:
-    """F1 / IoU / OA per task and profile on held-out synthetic scenes, with trivial baselines."""
+    """Score a checkpoint (and with --engine a built artifact) against trivial baselines: on your
+    labelled data (--data, --profile) with the paper's metrics, or on held-out synthetic scenes."""
     from stsun.atomic import atomic_write
     from stsun.checkpoint import load_model
-    from stsun.evaluate import demo_figure, evaluate as run_eval, markdown_table
 
-    model = load_model(checkpoint)
-    results = run_eval(model, tiles=tiles)
-    table = markdown_table(results)
+    if data is None:
+        _only_with_data(data, profile=profile, engine_dir=engine_dir, split=split, precision=precision)
+        from stsun.evaluate import demo_figure, evaluate as run_eval, markdown_table
+
+        model = load_model(checkpoint)
+        results = run_eval(model, tiles=tiles)
+        table = markdown_table(results)
+    else:
+        _only_with_data(data, figure=figure)
+        if profile is None:
+            raise typer.BadParameter("--data needs --profile (the profile the data is for)")
+        results = _evaluate_data(data, load_profile(profile), checkpoint, engine_dir, backend, precision, split, batch)
+        from stsun.evaluate import data_markdown
+
+        table = data_markdown(results)
     print(table)
     if out:
         atomic_write(out, lambda tmp: tmp.write_text(json.dumps(results, indent=2) + "\n"))
         atomic_write(out.with_suffix(".md"), lambda tmp: tmp.write_text(table + "\n"))
     if figure:
         demo_figure(model, figure)
+
+
+def _evaluate_data(data: Path, profile: Profile, checkpoint: Optional[Path], engine_dir: Optional[Path],
+                   backend: str, precision: Optional[str], split: Optional[str], batch: int) -> dict:
+    """``stsun evaluate --data``: the checkpoint, and a built artifact run by its backend, scored
+    on the same tiles of the chosen split."""
+    from stsun.checkpoint import DEMO_CHECKPOINT, load_checkpoint
+    from stsun.datasets import open_dataset
+    from stsun.errors import EngineError
+    from stsun.evaluate import evaluate_data, model_predictor
+    from stsun.finetune import evaluation_regions
+
+    dataset = open_dataset(data, profile)
+    ckpt = checkpoint or DEMO_CHECKPOINT
+    model, meta = load_checkpoint(ckpt)
+    split, regions = evaluation_regions(dataset, split, meta.get("training", {}))
+    console.print(f"{dataset.describe()}\nscoring split '{split}': {len(regions)} regions", highlight=False)
+    predictors = {f"checkpoint {ckpt.name}": model_predictor(model, profile)}
+    if engine_dir is not None:
+        from stsun.runtime import load_engine
+
+        engine = load_engine(engine_dir, backend=backend, precision=precision)
+        if engine.profile != profile:
+            raise EngineError(f"{engine_dir} was built for profile '{engine.profile.name}' "
+                              f"({engine.profile.task}, tile {engine.profile.tile_size}), not this '{profile.name}'")
+        predictors[f"{backend} {engine.precision}"] = engine
+    report = evaluate_data(predictors, dataset, regions, batch=batch)
+    report["split"] = split
+    return report
 
 
 @app.command()

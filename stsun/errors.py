@@ -24,6 +24,10 @@ class InputError(StsunError, ValueError):
     """The input does not match what the profile or model expects."""
 
 
+class DatasetError(StsunError, ValueError):
+    """A dataset on disk is incomplete, unreadable or does not fit the profile; the message names the file."""
+
+
 class BuildError(StsunError, ValueError):
     """Build options are invalid, or an artifact cannot be produced as asked."""
 
@@ -44,5 +48,5 @@ class ServerError(StsunError, RuntimeError):
     """The inference server cannot be started or reached."""
 
 
-__all__ = ["StsunError", "ProfileError", "CheckpointError", "InputError", "BuildError", "AotError", "EngineError",
+__all__ = ["StsunError", "ProfileError", "CheckpointError", "InputError", "DatasetError", "BuildError", "AotError", "EngineError",
            "SceneError", "ServerError"]

@@ -1,14 +1,22 @@
-"""Evaluate a model on held-out synthetic scenes, per task and profile, against trivial baselines."""
+"""Evaluate a model against trivial baselines: on held-out synthetic scenes per task and
+profile, or on a user's dataset (``evaluate_data``) with the paper's metrics for the task.
+
+``evaluate_data`` takes predict functions (tiles -> logits), so a checkpoint and a built
+artifact (run by a runtime backend, which the caller brings) are scored the same way."""
 from __future__ import annotations
 
 import copy
+import itertools
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from stsun.classmaps import class_colours, predicted_classes
-from stsun.metrics import confusion, scores
+from stsun.datasets import IGNORE, NO_CHANGE, Region, UserDataset, grid_tile_count, grid_tiles
+from stsun.metrics import confusion, majority_confusion, scores, semantic_change_scores
 from stsun.model import STSUN, Metadata
 from stsun.profiles import Profile, load_profile
 from stsun.synthetic import synthetic_tiles
@@ -113,3 +121,152 @@ def demo_figure(model: STSUN, path: Path, profile_name: str = "sentinel2-scd") -
     fig.savefig(path, dpi=80)
     plt.close(fig)
     return path
+
+
+
+# -- user datasets ---------------------------------------------------------------------------
+Predict = Callable[[np.ndarray], np.ndarray]  # (B, T_in, C_in, H, W) float32 -> logits (B, T_out, C_out, H, W)
+# The metric a training run keeps its best checkpoint by: (key path in a result, label).
+PRIMARY_METRIC = {"bcd": (("f1",), "change F1"), "ss": (("miou",), "mIoU"), "scd": (("second", "score"), "SCD score")}
+
+
+def model_predictor(model: STSUN, profile: Profile) -> Predict:
+    """Logits of ``model`` (in eval mode, on its device) for batches of the profile's tiles."""
+    meta = Metadata.from_profile(profile)
+    device = model.task_embed.device
+
+    @torch.inference_mode()
+    def run(x: np.ndarray) -> np.ndarray:
+        return model(torch.from_numpy(x).to(device), meta).float().cpu().numpy()
+
+    return run
+
+
+def scd_change_target(labels: np.ndarray) -> np.ndarray:
+    """(B, T, H, W) SCD targets -> (B, T-1, H, W) change between adjacent dates: 1 where both
+    classes are known and differ, 0 where they agree or either is NO_CHANGE, IGNORE where
+    either is IGNORE."""
+    a, b = labels[:, :-1], labels[:, 1:]
+    out = np.where((a == NO_CHANGE) | (b == NO_CHANGE), 0, (a != b).astype(np.int64))
+    return np.where((a == IGNORE) | (b == IGNORE), IGNORE, out)
+
+
+def second_maps(classes: np.ndarray, change: np.ndarray) -> np.ndarray:
+    """SECOND's maps, both dates of each adjacent pair: 0 where ``change`` is 0, class + 1
+    where it is 1, IGNORE where it is IGNORE. classes (B, T, H, W), change (B, T-1, H, W)
+    -> (B, 2 (T-1), H, W)."""
+    maps = []
+    for pair in range(change.shape[1]):
+        c = change[:, pair]
+        for t in (pair, pair + 1):
+            maps.append(np.where(c == 1, classes[:, t] + 1, np.where(c == 0, 0, IGNORE)))
+    return np.stack(maps, axis=1)
+
+
+def primary_metric(task: str, result: dict) -> float:
+    keys, _ = PRIMARY_METRIC[task]
+    for k in keys:
+        result = result[k]
+    return float(result)
+
+
+class TaskCounts:
+    """Confusion counts of one predictor over a dataset, per the profile's task: BCD the change
+    confusion; SS the class confusion; SCD the per-date class confusion, the change derived from
+    the two maps, and SECOND's (K+1)-class from-to histogram."""
+
+    def __init__(self, profile: Profile) -> None:
+        self.task = profile.task
+        self.n = 2 if profile.c_out == 1 else profile.c_out
+        self.cm = np.zeros((self.n, self.n), np.int64)
+        if self.task == "scd":
+            self.change = np.zeros((2, 2), np.int64)
+            self.hist = np.zeros((self.n + 1, self.n + 1), np.int64)
+
+    def add(self, pred: np.ndarray, target: np.ndarray) -> None:
+        self.cm += confusion(pred, target, self.n)
+        if self.task == "scd":
+            changed = (pred[:, 1:] != pred[:, :-1]).astype(np.int64)
+            truth = scd_change_target(target)
+            self.change += confusion(changed, truth, 2)
+            self.hist += confusion(second_maps(pred, changed), second_maps(target, truth), self.n + 1)
+
+    def result(self) -> dict:
+        if self.task != "scd":
+            return scores(self.cm)
+        return {"semantic": scores(self.cm), "change": scores(self.change), "second": semantic_change_scores(self.hist)}
+
+    def baselines(self) -> dict:
+        """Trivial predictions scored on the same pixels: BCD all change / no change; SS the
+        majority class; SCD the majority class on every date (hence no change anywhere)."""
+        if self.task == "bcd":
+            return {"all change": scores(majority_confusion(self.cm, 1)),
+                    "no change": scores(majority_confusion(self.cm, 0))}
+        if self.task == "ss":
+            return {"majority class": scores(majority_confusion(self.cm))}
+        return {"majority class": {"semantic": scores(majority_confusion(self.cm)),
+                                   "change": scores(majority_confusion(self.change, 0)),
+                                   "second": semantic_change_scores(majority_confusion(self.hist, 0))}}
+
+
+def evaluate_data(predictors: dict[str, Predict], dataset: UserDataset, regions: list[Region], batch: int = 4,
+                  progress: bool = True) -> dict:
+    """Score every predictor on the regions' grid tiles, with trivial baselines and each
+    predictor's pixel agreement with the first one (on the scored pixels)."""
+    profile = dataset.profile
+    counts = {name: TaskCounts(profile) for name in predictors}
+    agree = dict.fromkeys(predictors, 0)
+    scored = 0
+    tiles = grid_tiles(dataset, regions)
+    bar = tqdm(total=grid_tile_count(dataset, regions), desc="evaluate", unit="tile", disable=not progress)
+    while chunk := list(itertools.islice(tiles, batch)):
+        x = np.stack([c[0] for c in chunk])
+        target = np.stack([c[1] for c in chunk])
+        mask = target != IGNORE
+        first = None
+        for name, predict in predictors.items():
+            pred = predicted_classes(predict(x)).astype(np.int64)
+            counts[name].add(pred, target)
+            first = pred if first is None else first
+            agree[name] += int((pred == first)[mask].sum())
+        scored += int(mask.sum())
+        bar.update(len(chunk))
+    bar.close()
+    reference = next(iter(counts.values()))
+    return {"profile": profile.name, "task": profile.task, "data": str(dataset.root), "layout": dataset.layout.name,
+            "regions": [r.record() for r in regions], "tiles": grid_tile_count(dataset, regions),
+            "scored_pixels": scored, "results": {name: c.result() for name, c in counts.items()},
+            "baselines": reference.baselines(),
+            "agreement_with_first": {name: agree[name] / max(scored, 1) for name in predictors}}
+
+
+# (label, key path) rows of the markdown table, per task.
+DATA_ROWS = {
+    "bcd": [("change precision", ("precision",)), ("change recall", ("recall",)), ("change F1", ("f1",)),
+            ("change IoU", ("iou",)), ("OA", ("oa",))],
+    "ss": [("mIoU", ("miou",)), ("mean F1", ("mf1",)), ("OA", ("oa",))],
+    "scd": [("SeK", ("second", "sek")), ("mIoU (no change / change)", ("second", "miou")),
+            ("Fscd", ("second", "fscd")), ("score (0.3 mIoU + 0.7 SeK)", ("second", "score")),
+            ("semantic mIoU", ("semantic", "miou")), ("semantic OA", ("semantic", "oa")),
+            ("change F1", ("change", "f1"))],
+}
+
+
+def data_markdown(report: dict) -> str:
+    """One table: a row per metric, a column per predictor, then the baselines."""
+    def get(result: dict, keys: tuple[str, ...]) -> float:
+        for k in keys:
+            result = result[k]
+        return result
+
+    names, bases = list(report["results"]), list(report["baselines"])
+    rows = [f"| metric | {' | '.join(names)} | {' | '.join(f'baseline: {b}' for b in bases)} |",
+            "|---" * (1 + len(names) + len(bases)) + "|"]
+    for label, keys in DATA_ROWS[report["task"]]:
+        values = [get(report["results"][n], keys) for n in names] + [get(report["baselines"][b], keys) for b in bases]
+        rows.append(f"| {label} | " + " | ".join(f"{v:.4f}" for v in values) + " |")
+    if len(names) > 1:
+        rows.append("| pixel agreement with " + names[0] + " | "
+                    + " | ".join(f"{report['agreement_with_first'][n]:.6f}" for n in names)
+                    + " |" * len(bases) + " |")
+    return "\n".join(rows)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import time
 import zlib
+from collections.abc import Iterable
 
 import numpy as np
 import torch
@@ -70,6 +71,28 @@ def sample_setting(profile: Profile, rng: np.random.Generator) -> Profile:
 
 
 @torch.no_grad()
+def calibrate_task_statistics(model: STSUN, task: str, batches: Iterable[tuple[np.ndarray, Metadata]]) -> int:
+    """Set ``task``'s BatchNorm running statistics to the exact average over ``batches`` of
+    unlabeled tiles (no weights change); returns how many batches were used."""
+    norms = [m for m in model.modules() if isinstance(m, TaskBatchNorm2d)]
+    idx = model.task_index(task)
+    device = model.task_embed.device
+    was_training = model.training
+    model.train()
+    for m in norms:
+        m.task_mean[idx].zero_()
+        m.task_var[idx].fill_(1.0)
+    k = -1
+    for k, (x, meta) in enumerate(batches):
+        for m in norms:
+            m.momentum = 1.0 / (k + 1)  # cumulative average over all batches of this task
+        model(torch.from_numpy(x).to(device), meta)
+    for m in norms:
+        m.momentum = 0.1
+    model.train(was_training)
+    return k + 1
+
+
 def calibrate_batchnorm(model: STSUN, profiles: list[Profile], batches: int = 8, batch: int = 4,
                         seed: int = 12345) -> dict:
     """Recompute each task's BatchNorm running statistics as the exact average over
@@ -81,23 +104,11 @@ def calibrate_batchnorm(model: STSUN, profiles: list[Profile], batches: int = 8,
     by_task: dict[str, list[Profile]] = {}
     for p in profiles:
         by_task.setdefault(p.task, []).append(p)
-    norms = [m for m in model.modules() if isinstance(m, TaskBatchNorm2d)]
-    was_training = model.training
-    model.train()
     for task, profs in by_task.items():
-        idx = model.task_index(task)
-        for m in norms:
-            m.task_mean[idx].zero_()
-            m.task_var[idx].fill_(1.0)
-        for k, (p, b) in enumerate((p, b) for b in range(batches) for p in profs):
-            for m in norms:
-                m.momentum = 1.0 / (k + 1)  # cumulative average over all batches of this task
-            # crc32, not hash(): str hashes change between processes, which broke reproducibility
-            x, _ = synthetic_tiles(p, batch, seed=seed + 1000 * b + zlib.crc32(p.name.encode()) % 997)
-            model(torch.from_numpy(x), Metadata.from_profile(p))
-    for m in norms:
-        m.momentum = 0.1
-    model.train(was_training)
+        # crc32, not hash(): str hashes change between processes, which broke reproducibility
+        tiles = ((synthetic_tiles(p, batch, seed=seed + 1000 * b + zlib.crc32(p.name.encode()) % 997)[0],
+                  Metadata.from_profile(p)) for b in range(batches) for p in profs)
+        calibrate_task_statistics(model, task, tiles)
     return {"profiles": [p.name for p in profiles], "batches_per_profile": batches, "batch": batch, "seed": seed}
 
 

@@ -22,7 +22,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
               "stsun.classmaps", "stsun.graph_io")),
     ("kernels", ("stsun.kernels",)),
     ("model", ("stsun", "stsun.model", "stsun.checkpoint", "stsun.synthetic", "stsun.metrics", "stsun.train",
-               "stsun.evaluate", "stsun.research_import")),
+               "stsun.evaluate", "stsun.research_import", "stsun.datasets", "stsun.finetune")),
     ("export", ("stsun.export",)),
     ("runtime", ("stsun.runtime",)),
     ("top", ("stsun.pipeline", "stsun.cli", "stsun.export.build_engine", "benchmarks")),

@@ -7,15 +7,19 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import tomllib
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from stsun.errors import ProfileError
 
 TASKS = ("ss", "bcd", "scd")
 UNIFIED_GRID = 256  # tiles are cut into p x p patches onto this grid, so p = tile_size / 256
+# Colour-table entries that are not classes: pixels not labelled, and (SCD, as SECOND marks
+# them) pixels labelled "unchanged" without a class.
+IGNORE_COLOUR, NO_CHANGE_COLOUR = "ignore", "no change"
+Channel = Annotated[int, Field(ge=0, le=255)]
 
 
 class Band(BaseModel):
@@ -61,6 +65,25 @@ class Profile(BaseModel):
     research_dataset: str | None = Field(
         default=None, description="the dataset of the authors' training code whose settings this profile has "
                                   "(its task-embedding row in research-variant checkpoints)")
+    label_colours: dict[str, tuple[Channel, Channel, Channel]] | None = Field(
+        default=None, description="how RGB colour label images decode: class name (or 'ignore', or for "
+                                  "task 'scd' 'no change') -> [r, g, b]")
+
+    @field_validator("label_colours")
+    @classmethod
+    def _colour_table(cls, table: dict | None, info: ValidationInfo) -> dict | None:
+        if table is None or "classes" not in info.data:
+            return table
+        classes, task = info.data["classes"], info.data.get("task")
+        allowed = (*classes, IGNORE_COLOUR) + ((NO_CHANGE_COLOUR,) if task == "scd" else ())
+        if unknown := [k for k in table if k not in allowed]:
+            raise ValueError(f"{unknown} are neither classes of this profile nor one of {list(allowed[len(classes):])}")
+        if missing := [c for c in classes if c not in table]:
+            raise ValueError(f"classes {missing} have no colour")
+        colours = [tuple(v) for v in table.values()]
+        if dupes := sorted({c for c in colours if colours.count(c) > 1}):
+            raise ValueError(f"colours {dupes} are given to more than one entry")
+        return table
 
     @model_validator(mode="after")
     def _consistent(self) -> "Profile":
