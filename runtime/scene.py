@@ -161,6 +161,12 @@ def predict_scene(engine: Engine, dates: list[str | Path], out: str | Path, opti
     try:
         with contextlib.ExitStack() as stack:
             grid, readers = open_dates(paths, engine, options, stack)
+            # GDAL's block cache defaults to 5 % of RAM and would fill with input blocks, so memory would
+            # grow with the scene's height. Strips overlap and span two block rows: three block rows of
+            # every input keep each block decoded once; the floor leaves room for the output's blocks.
+            block_rows = sum(g.src.width * g.src.block_shapes[0][0] * len(g.indexes) * np.dtype(g.src.dtypes[0]).itemsize
+                             for r in readers for g in r.groups)
+            stack.enter_context(rasterio.Env(GDAL_CACHEMAX=max(256, 3 * block_rows >> 20)))  # MB
             height, width = grid.shape
             rows, cols = tile_starts(height, tile, stride), tile_starts(width, tile, stride)
             pad_w = max(0, tile - width)  # scenes narrower than a tile (a short one is padded by the strip)
