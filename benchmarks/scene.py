@@ -25,25 +25,11 @@ from typing import Annotated
 import typer
 
 S2_SCENE_PX = 10980
-S2_20M = ("B5", "B6", "B7", "B8A", "B11", "B12")
-
-
 def band_directory(date_file: Path, profile, out_dir: Path) -> Path:
     """The date as a directory of single-band deflate GeoTIFFs, the 20 m bands at 20 m (2x2 mean)."""
-    import rasterio
+    from stsun.synthetic import S2_20M_BANDS, write_band_files
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with rasterio.open(date_file) as src:
-        for i, band in enumerate(profile.band_names):
-            data, transform = src.read(i + 1), src.transform
-            if band in S2_20M:
-                h, w = data.shape
-                data = data.reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3)).round().astype(data.dtype)
-                transform = transform * rasterio.Affine.scale(2)
-            with rasterio.open(out_dir / f"T33UUP_B{band[1:].zfill(2)}.tif", "w", driver="GTiff", tiled=True,
-                               compress="deflate", width=data.shape[1], height=data.shape[0], count=1,
-                               dtype=data.dtype, crs=src.crs, transform=transform, nodata=src.nodata) as dst:
-                dst.write(data, 1)
+    write_band_files(date_file, profile, out_dir, lambda band, _: f"T33UUP_B{band[1:].zfill(2)}.tif", S2_20M_BANDS)
     return out_dir
 
 

@@ -358,8 +358,8 @@ def preview(dates: list[str | Path], prediction: str | Path, path: str | Path, p
             full = native_grid(resolve_date(dates[0], profile), profile)
             small = Grid(full.crs, full.transform * Affine.scale(full.width / shape[1], full.height / shape[0]),
                          shape[1], shape[0])
+            offset = profile.scaling.dn_offset if dn_offset is None else dn_offset
             for t, d in enumerate(dates):
-                offset = profile.scaling.dn_offset if dn_offset is None else dn_offset
                 x, _ = DateReader(resolve_date(d, profile), profile, small, stack, offset).read(
                     rasterio.windows.Window(0, 0, shape[1], shape[0]))
                 rgb = x[[profile.band_names.index(b) for b in profile.rgb_bands]]

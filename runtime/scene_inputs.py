@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -64,12 +64,12 @@ class DateInput:
     kind: str
     bands: list[BandSource]
     quality: tuple[str, str] | None = None   # (path, "scl" | "qa_pixel")
-    notes: list[str] = field(default_factory=list)
 
 
 def io_failure(err: Exception, path: str | Path, writing: bool = False) -> SceneError:
     """A raster read or write failure in plain words. GDAL puts the cause of a failed write
     (disk full, file-size limit) only into a logged warning, so it is diagnosed here instead."""
+    import errno
     import os
     import resource
     import shutil
@@ -84,12 +84,13 @@ def io_failure(err: Exception, path: str | Path, writing: bool = False) -> Scene
         where = path.parent if path.parent.exists() else Path(".")
         free = shutil.disk_usage(where).free
         limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
-        if getattr(err, "errno", None) in (28,) or free < 64 << 20:
+        code = getattr(err, "errno", None)
+        if code == errno.ENOSPC or free < 64 << 20:
             cause = f"the disk is full ({free >> 20} MB free on {where})"
         elif limit != resource.RLIM_INFINITY:
             cause = f"the file is too large for this process's file-size limit ({limit} bytes)"
-        elif isinstance(err, PermissionError) or getattr(err, "errno", None) in (13, 30):
-            cause = f"permission denied ({os.strerror(err.errno)})"
+        elif isinstance(err, PermissionError) or code in (errno.EACCES, errno.EROFS):
+            cause = "permission denied" + (f" ({os.strerror(code)})" if code else "")
         else:
             cause = "write error"
         return SceneError(f"writing {path} failed: {cause} [{detail}]")
@@ -154,9 +155,10 @@ def _from_directory(path: Path, profile: Profile) -> DateInput:
         files = sorted(f for f in path.rglob("*") if f.is_file() and f.suffix.lower() in RASTER_SUFFIXES)
     except OSError as err:
         raise io_failure(err, path) from None
-    if any(p.name == "IMG_DATA" for f in files for p in f.parents):
-        # a SAFE product: the bands are under IMG_DATA; QI_DATA holds per-band masks (MSK_*_B02.jp2)
-        files = [f for f in files if any(p.name == "IMG_DATA" for p in f.parents)]
+    in_img_data = [f for f in files if any(p.name == "IMG_DATA" for p in f.parents)]
+    safe = bool(in_img_data) or path.suffix.upper() == ".SAFE"
+    if in_img_data:  # a SAFE product: bands under IMG_DATA; QI_DATA holds per-band masks (MSK_*_B02.jp2)
+        files = in_img_data
     wanted = {band_key(b): b for b in profile.band_names}
     claims: dict[str, list[Path]] = {}
     quality = None
@@ -170,7 +172,6 @@ def _from_directory(path: Path, profile: Profile) -> DateInput:
             continue
         for key in _ids(stem) & set(wanted):
             claims.setdefault(key, []).append(f)
-    safe = any(p.name == "IMG_DATA" for f in files for p in f.parents) or path.suffix.upper() == ".SAFE"
     landsat = any(re.search(r"_SR_B\d", f.name, re.I) for f in files)
     kind = "Sentinel-2 SAFE product" if safe else "Landsat product" if landsat else "band directory"
     missing = [wanted[k] for k in wanted if k not in claims]
@@ -384,7 +385,7 @@ class DateReader:
         from rasterio.enums import MaskFlags, Resampling
         from rasterio.vrt import WarpedVRT
 
-        self.date, self.profile, self.grid = date, profile, grid
+        self.date, self.profile = date, profile
         self.dn_offset = dn_offset
         self.groups: list[_BandGroup] = []
         by_path: dict[str, list[tuple[int, BandSource]]] = {}

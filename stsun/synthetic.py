@@ -188,3 +188,36 @@ def write_scene(profile: Profile, out_dir: str | Path, size: int, seed: int = 0,
     with contextlib.ExitStack() as stack:  # every file appears only if all were written
         write_all([stack.enter_context(atomic_path(p, suffix=".tmp.tif")) for p in paths["dates"] + paths["labels"]])
     return paths
+
+
+S2_20M_BANDS = ("B5", "B6", "B7", "B8A", "B11", "B12")  # Sentinel-2 bands distributed at 20 m
+
+
+def coarsen(data: np.ndarray, factor: int = 2) -> np.ndarray:
+    """``factor`` x ``factor`` block means, rounded to the input's dtype."""
+    h, w = data.shape
+    return data.reshape(h // factor, factor, w // factor, factor).mean(axis=(1, 3)).round().astype(data.dtype)
+
+
+def write_band_files(date_file: str | Path, profile: Profile, out_dir: str | Path, name, coarse: tuple[str, ...] = (),
+                     driver: str = "GTiff") -> dict[str, Path]:
+    """Split a multi-band date (as ``write_scene`` writes it) the way products are distributed: one
+    single-band raster per profile band at ``out_dir / name(band, resolution_m)``, the ``coarse``
+    bands at half resolution (2 x 2 means). GTiff is tiled and deflated, JP2 lossless."""
+    import rasterio
+
+    out_dir = Path(out_dir)
+    extra = {"QUALITY": 100, "REVERSIBLE": "YES"} if driver == "JP2OpenJPEG" else {"tiled": True, "compress": "deflate"}
+    paths = {}
+    with rasterio.open(date_file) as src:
+        for i, band in enumerate(profile.band_names):
+            data, transform, factor = src.read(i + 1), src.transform, 2 if band in coarse else 1
+            if factor > 1:
+                data, transform = coarsen(data, factor), transform * rasterio.Affine.scale(factor)
+            path = paths[band] = out_dir / name(band, profile.gsd_m * factor)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with rasterio.open(path, "w", driver=driver, width=data.shape[1], height=data.shape[0], count=1,
+                               dtype=data.dtype, crs=src.crs, transform=transform, nodata=src.nodata,
+                               **extra) as dst:
+                dst.write(data, 1)
+    return paths

@@ -18,9 +18,8 @@ from stsun.pipeline import build_artifacts  # noqa: E402
 from stsun.runtime import load_engine  # noqa: E402
 from stsun.runtime.scene import SceneOptions, predict_scene  # noqa: E402
 from stsun.runtime.scene_inputs import band_key, resolve_date  # noqa: E402
-from stsun.synthetic import write_scene  # noqa: E402
+from stsun.synthetic import S2_20M_BANDS, coarsen, write_band_files, write_scene  # noqa: E402
 
-S2_20M = ("B5", "B6", "B7", "B8A", "B11", "B12")
 SAFE_GRANULE = "S2B_MSIL2A_20230601T100559_N0509_R022_T33UUP_20230601T120000.SAFE/GRANULE/L2A_T33UUP_A032000/IMG_DATA"
 
 
@@ -32,23 +31,10 @@ def write_band(path, data, transform, crs, nodata=0, driver="GTiff"):
         dst.write(data, 1)
 
 
-def coarsen(data, factor=2):
-    h, w = data.shape
-    return data.reshape(h // factor, factor, w // factor, factor).mean(axis=(1, 3)).round().astype(data.dtype)
-
-
-def split(date_file, profile, name, out_dir, coarse=S2_20M, driver="GTiff", suffix=".tif"):
-    """One file per band; ``coarse`` bands at half the resolution. Returns {band: path}."""
-    paths = {}
-    with rasterio.open(date_file) as src:
-        for i, band in enumerate(profile.band_names):
-            data, transform = src.read(i + 1), src.transform
-            if band in coarse:
-                data, transform = coarsen(data), transform * Affine.scale(2)
-            paths[band] = out_dir / name(band, 20 if band in coarse else 10)
-            paths[band] = paths[band].with_suffix(suffix)
-            write_band(paths[band], data, transform, src.crs, driver=driver)
-    return paths
+def split(date_file, profile, name, out_dir, coarse=S2_20M_BANDS, driver="GTiff", suffix=".tif"):
+    """One file per band (``name(band, resolution_m) + suffix``); ``coarse`` bands at half the
+    resolution. Returns {band: path}."""
+    return write_band_files(date_file, profile, out_dir, lambda b, r: f"{name(b, round(r))}{suffix}", coarse, driver)
 
 
 def prestack(paths, profile, grid_file, out):
