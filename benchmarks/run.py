@@ -26,7 +26,7 @@ from stsun.pipeline import build_artifacts
 from stsun.precision import ONNX_PRECISIONS
 from stsun.classmaps import predicted_classes
 from stsun.profiles import load_profile
-from stsun.runtime import EagerEngine, EngineError, load_engine
+from stsun.runtime import EngineError, load_engine
 from stsun.runtime.backends import BACKENDS
 from stsun.synthetic import synthetic_tiles
 

@@ -7,7 +7,7 @@ from stsun.classmaps import predicted_classes
 from stsun.runtime import load_engine
 
 rasterio = pytest.importorskip("rasterio", reason="the geo extra (rasterio) is not installed")
-import rasterio.warp  # noqa: E402
+from rasterio.warp import transform as reproject_points  # noqa: E402
 
 from stsun.runtime.scene import SceneError, SceneOptions, predict_scene  # noqa: E402
 from stsun.synthetic import write_scene  # noqa: E402
@@ -82,7 +82,7 @@ def test_bad_inputs_give_clear_errors_and_no_output(scd_build, tmp_path):
     b = write_scene(p, tmp_path / "b", size=300, seed=4)["dates"]
     far = write_scene(p, tmp_path / "c", size=256, seed=4, crs="EPSG:32632")["dates"]  # same numbers, 6 degrees west
     # the same place in the neighbouring UTM zone: another grid that does overlap
-    (x,), (y,) = rasterio.warp.transform("EPSG:32633", "EPSG:32632", [500000.0], [5000000.0])
+    (x,), (y,) = reproject_points("EPSG:32633", "EPSG:32632", [500000.0], [5000000.0])
     shifted = write_scene(p, tmp_path / "e", size=256, seed=4, crs="EPSG:32632", origin=(x, y))["dates"]
     rgb = write_scene(load_profile("whu-ss").model_copy(update={"tile_size": 256}), tmp_path / "d", size=256)["dates"]
     out = tmp_path / "out.tif"
