@@ -13,8 +13,10 @@ from typing import ClassVar
 
 import numpy as np
 
+from stsun.classmaps import encode_maps, map_layout
 from stsun.errors import EngineError
 from stsun.profiles import Profile, profile_from_dict
+from stsun.raw import scaled
 from stsun.validation import InputError, check_tiles
 
 REPORT_NAME = "build_report.json"
@@ -48,6 +50,18 @@ class Engine(ABC):
                     band_names=self.profile.band_names)
         step = self.max_batch or len(x)
         return [np.ascontiguousarray(x[i:i + step]) for i in range(0, len(x), step)]
+
+    def maps(self, dn: np.ndarray, with_logits: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """Raw digital numbers (the profile's ``scaling.dtype``) in, the map bands ``stsun predict``
+        writes out (``stsun.classmaps.map_layout``; nodata where any date has the profile's
+        nodata), and the logits too when asked. Served DN models compute the same in their graph."""
+        p = self.profile
+        x, invalid = scaled(dn, p)
+        logits = self(x)
+        _, dtype, nodata = map_layout(p.task, p.t_out, p.c_out)
+        bands = encode_maps(logits, p.task, p.c_out)
+        np.copyto(bands, nodata, where=invalid[:, None])
+        return (bands.astype(dtype), logits) if with_logits else bands.astype(dtype)
 
     def run_many(self, batches: list[np.ndarray]) -> list[np.ndarray]:
         """Logits for several batches. Local engines run them one after another (each already

@@ -25,7 +25,7 @@ import numpy as np
 from tqdm import tqdm
 
 from stsun.atomic import atomic_path, atomic_write
-from stsun.classmaps import CHANGE_COLOURS, class_colours, predicted_classes
+from stsun.classmaps import CHANGE_COLOURS, class_colours, encode_maps, map_layout
 from stsun.errors import SceneError
 
 from .engine import Engine
@@ -64,24 +64,6 @@ def tile_starts(length: int, tile: int, stride: int) -> list[int]:
         return [0]
     starts = list(range(0, length - tile, stride))
     return starts + [length - tile]
-
-
-def output_layout(engine: Engine) -> tuple[int, str, int]:
-    """(band count, dtype, nodata) of the output raster."""
-    p = engine.profile
-    if p.task != "scd":
-        return p.t_out, "uint8", 255
-    big = 1 + p.c_out * p.c_out > 254
-    return p.t_out + p.t_out - 1, "uint16" if big else "uint8", 65535 if big else 255
-
-
-def encode(logits: np.ndarray, task: str, c_out: int) -> np.ndarray:
-    """(T_out, C_out, h, w) blended logits -> output bands (n, h, w)."""
-    cls = predicted_classes(logits[None])[0].astype(np.int64)
-    if task != "scd":
-        return cls
-    change = np.where(cls[1:] != cls[:-1], 1 + cls[:-1] * c_out + cls[1:], 0)
-    return np.concatenate([cls, change])
 
 
 def probabilities(logits: np.ndarray) -> np.ndarray:
@@ -156,7 +138,7 @@ def predict_scene(engine: Engine, dates: list[str | Path], out: str | Path, opti
         raise SceneError(f"overlap must be in [0, {tile}), got {overlap}")
     stride = tile - overlap
     weights = hann_weights(tile)
-    count, dtype, nodata = output_layout(engine)
+    count, dtype, nodata = map_layout(p.task, p.t_out, p.c_out)
     clock = Stopwatch()
     try:
         with contextlib.ExitStack() as stack:
@@ -318,7 +300,7 @@ def read_strip(readers: list[DateReader], p, y0: int, tile: int, width: int, hei
 
 def write_rows(dst, probs_dst, acc: np.ndarray, wsum: np.ndarray, valid: np.ndarray, p, nodata: int, window) -> None:
     logits = acc / np.maximum(wsum, 1e-12)[None, None]  # pixels no tile covered are nodata anyway
-    bands = encode(logits, p.task, p.c_out)
+    bands = encode_maps(logits[None], p.task, p.c_out)[0]
     bands[:, ~valid] = nodata
     dst.write(bands.astype(dst.dtypes[0]), window=window)
     if probs_dst is not None:

@@ -29,6 +29,7 @@ import numpy as np
 
 from stsun.errors import SceneError
 from stsun.profiles import Profile
+from stsun.raw import scale_into
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".jp2")
 # Sentinel-2 scene classes masked on request: no data, saturated/defective, cloud shadow,
@@ -302,18 +303,6 @@ def native_grid(date: DateInput, profile: Profile) -> Grid:
     return Grid(finest.crs, from_origin(west, north, profile.gsd_m, profile.gsd_m), width, height)
 
 
-def _scale_into(raw: np.ndarray, out: np.ndarray, dn_offset: float, scale: float, offset: float) -> None:
-    """out = (raw + dn_offset) * scale + offset in float32, converting on the way (one pass when
-    there is no DN offset)."""
-    if dn_offset:
-        np.add(raw, np.float32(dn_offset), out=out, dtype=np.float32)
-        out *= np.float32(scale)
-    else:
-        np.multiply(raw, np.float32(scale), out=out, dtype=np.float32)
-    if offset:
-        out += np.float32(offset)
-
-
 @dataclass
 class _BandGroup:
     """Bands of one file, read together."""
@@ -450,9 +439,9 @@ class DateReader:
                 valid &= np.isfinite(raw).all(axis=0)
             for band, pos, s in zip(raw, g.positions, g.sources):
                 if s.scale is None:
-                    _scale_into(band, out[pos], self.dn_offset, p.scaling.scale, p.scaling.offset)
+                    scale_into(band, out[pos], self.dn_offset, p.scaling.scale, p.scaling.offset)
                 else:
-                    _scale_into(band, out[pos], 0.0, s.scale, s.offset)
+                    scale_into(band, out[pos], 0.0, s.scale, s.offset)
         if self.quality is not None:
             q, kind = self.quality
             try:

@@ -354,29 +354,38 @@ def triton_repo(
 @app.command()
 def serve(
     repo: Annotated[Path, typer.Option(help="Model repository.")] = Path("triton_repo"),
-    http_port: int = 8000,
+    http_port: Annotated[int, typer.Option(help="HTTP port (the guarded front; Triton's own HTTP port is internal).")] = 8000,
     grpc_port: int = 8001,
     metrics_port: int = 8002,
+    log: Annotated[Optional[Path], typer.Option(help="Triton's log file (default: stsun-triton-HTTP_PORT.log here).")] = None,
+    drain_timeout: Annotated[float, typer.Option(help="Seconds in-flight requests get to finish on SIGTERM/SIGINT.")] = 30.0,
+    max_request_mb: Annotated[Optional[float], typer.Option(help="Largest HTTP request body (default: a full batch "
+                                                                 "as JSON text).")] = None,
 ) -> None:
-    """Run Triton Inference Server on 127.0.0.1 with the repository's python-backend models."""
+    """Run Triton Inference Server on 127.0.0.1 with the repository's python-backend models, behind a
+    guard that bounds requests, healing crashed model processes, draining on SIGTERM."""
     import signal
     import threading
 
-    from stsun.errors import ServerError
-    from stsun.runtime.serving.server import TritonServer
+    from stsun.runtime.serving.supervisor import ServeOptions, Supervisor
 
-    server = TritonServer(repo, http_port, grpc_port, metrics_port)
-    server.start()
-    console.print(f"serving {', '.join(server.models)}: http://{server.http_url}  grpc://{server.grpc_url}  "
-                  f"metrics http://127.0.0.1:{metrics_port}/metrics  (Ctrl-C to stop)")
+    sup = Supervisor(ServeOptions(repo, http_port, grpc_port, metrics_port, log, drain_timeout, max_request_mb),
+                     report=lambda m: errors.print(f"stsun serve: {m}", highlight=False, soft_wrap=True))
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    while not stop.wait(1.0):
-        if server.proc.poll() is not None:
-            raise ServerError(f"tritonserver exited with code {server.proc.returncode}")
-    server.stop()
-    console.print("stopped")
+    sup.start()
+    console.print(f"serving {', '.join(sup.server.models)}: http://{sup.http_url}  grpc://{sup.grpc_url}  "
+                  f"metrics http://127.0.0.1:{metrics_port}/metrics  log {sup.server.log}  (Ctrl-C to stop)")
+    while not stop.wait(0.5):
+        if sup.failure is not None:
+            sup.stop()
+            raise sup.failure
+    left = sup.stop()
+    if left:
+        errors.print(f"stsun serve: stopped with {left} request(s) unfinished after {drain_timeout:g} s")
+        raise typer.Exit(1)
+    console.print("stopped: every in-flight request finished")
 
 
 def _register_build() -> None:

@@ -19,7 +19,7 @@ PACKAGES = {"stsun": "stsun", "export": "stsun.export", "runtime": "stsun.runtim
 # Bottom to top. A module belongs to the layer of its longest matching prefix.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("core", ("stsun.errors", "stsun.atomic", "stsun.validation", "stsun.profiles", "stsun.precision",
-              "stsun.classmaps", "stsun.graph_io")),
+              "stsun.classmaps", "stsun.graph_io", "stsun.raw")),
     ("kernels", ("stsun.kernels",)),
     ("model", ("stsun", "stsun.model", "stsun.checkpoint", "stsun.synthetic", "stsun.metrics", "stsun.train",
                "stsun.evaluate", "stsun.research_import", "stsun.datasets", "stsun.finetune")),

@@ -37,7 +37,8 @@ def served(tmp_path_factory):
     root = tmp_path_factory.mktemp("serve")
     build_artifacts(load_profile("sentinel2-scd"), root / "build", precisions=("fp32",), max_batch=8, fidelity_tiles=1)
     names = write_triton_repo(root / "build", root / "repo")
-    assert names == ["sentinel2-scd", "sentinel2-scd-onnx"]  # no TensorRT engine here, so no -trt model
+    # no TensorRT engine here, so no -trt model
+    assert names == ["sentinel2-scd", "sentinel2-scd-onnx", "sentinel2-scd-dn", "sentinel2-scd-dn-onnx"]
     http, grpc, metrics = free_ports(3)
     server = TritonServer(root / "repo", http, grpc, metrics, log=root / "server.log")
     with server:

@@ -6,7 +6,7 @@ from concurrent.futures import Future
 import numpy as np
 
 from stsun.errors import EngineError
-from stsun.graph_io import INPUT_NAME, OUTPUT_NAME
+from stsun.graph_io import CLASSES_OUTPUT_NAME, DN_INPUT_NAME, INPUT_NAME, OUTPUT_NAME
 from stsun.profiles import Profile
 
 from ..engine import BuildDir, Engine
@@ -25,10 +25,10 @@ class TritonEngine(Engine):
                 import tritonclient.grpc as client
             else:
                 raise EngineError(f"protocol must be http or grpc, got {protocol}")
-            from tritonclient.utils import InferenceServerException
+            from tritonclient.utils import InferenceServerException, np_to_triton_dtype
         except ImportError:
             raise EngineError("the triton backend needs tritonclient: pip install 'stsun[serve]'") from None
-        self._client_mod, self._error = client, InferenceServerException
+        self._client_mod, self._error, self._dtype = client, InferenceServerException, np_to_triton_dtype
         url = url or ("127.0.0.1:8000" if protocol == "http" else "127.0.0.1:8001")
         self.client = (client.InferenceServerClient(url=url, concurrency=in_flight) if protocol == "http"
                        else client.InferenceServerClient(url=url))
@@ -49,18 +49,32 @@ class TritonEngine(Engine):
     def device(self) -> str:
         return f"triton {self.protocol}://{self.url}"
 
-    def _request(self, x: np.ndarray) -> tuple[list, list]:
-        inp = self._client_mod.InferInput(INPUT_NAME, list(x.shape), "FP32")
+    def _request(self, x: np.ndarray, name: str = INPUT_NAME, outputs: tuple[str, ...] = (OUTPUT_NAME,)) -> tuple[list, list]:
+        inp = self._client_mod.InferInput(name, list(x.shape), self._dtype(x.dtype))
         inp.set_data_from_numpy(x)
-        return [inp], [self._client_mod.InferRequestedOutput(OUTPUT_NAME)]
+        return [inp], [self._client_mod.InferRequestedOutput(o) for o in outputs]
 
-    def _run(self, x: np.ndarray) -> np.ndarray:
-        inputs, outputs = self._request(x)
+    def _infer(self, model: str, inputs: list, outputs: list):
         try:
-            result = self.client.infer(self.model, inputs, outputs=outputs)
+            return self.client.infer(model, inputs, outputs=outputs)
         except self._error as err:
             raise EngineError(f"Triton server rejected the request: {err.message()}") from None
-        return result.as_numpy(OUTPUT_NAME)
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        return self._infer(self.model, *self._request(x)).as_numpy(OUTPUT_NAME)
+
+    def maps(self, dn: np.ndarray, with_logits: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """As ``Engine.maps``, computed by the server's DN model (``<model>-dn``): raw digital
+        numbers travel (half the bytes of float32) and uint8 maps come back (1/24 of the logits)."""
+        p = self.profile
+        if not isinstance(dn, np.ndarray) or dn.dtype != np.dtype(p.scaling.dtype):
+            return super().maps(dn, with_logits)  # the local check words the error
+        wanted = (CLASSES_OUTPUT_NAME, OUTPUT_NAME) if with_logits else (CLASSES_OUTPUT_NAME,)
+        parts = [self._infer(f"{self.model}-dn", *self._request(np.ascontiguousarray(dn[i:i + self.max_batch]),
+                                                              DN_INPUT_NAME, wanted))
+                 for i in range(0, len(dn), self.max_batch)]
+        bands = np.concatenate([r.as_numpy(CLASSES_OUTPUT_NAME) for r in parts])
+        return (bands, np.concatenate([r.as_numpy(OUTPUT_NAME) for r in parts])) if with_logits else bands
 
     def run_many(self, batches: list[np.ndarray]) -> list[np.ndarray]:
         """Every batch's requests in flight at once (up to ``in_flight`` per connection), so the

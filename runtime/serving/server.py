@@ -3,10 +3,20 @@
 That wheel carries only the python backend, so only python-backend models are loaded
 (explicit model control); the onnxruntime_onnx / tensorrt_plan flavours are for NVIDIA's
 container. Nothing is downloaded or installed at run time.
+
+The process never outlives its parent (the kernel kills it when the thread that started it
+dies, SIGKILL included), its log goes to a file (quoted when it fails), its ports are checked
+before it starts, and the python backend's shared-memory regions carry a prefix of ours so they
+are removed when it stops, and found and removed after a parent that was killed outright.
 """
 from __future__ import annotations
 
+import ctypes
+import json
 import os
+import re
+import signal
+import socket
 import subprocess
 import sys
 import sysconfig
@@ -14,9 +24,14 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections import deque
 from pathlib import Path
 
 from stsun.errors import ServerError
+
+SHM_DIR = Path("/dev/shm")
+SHM_PREFIX = "stsun_triton_"  # + owner pid + "_": regions of a dead owner are stale
+PR_SET_PDEATHSIG = 1
 
 
 def server_package() -> Path:
@@ -35,15 +50,58 @@ def python_models(repo: Path) -> list[str]:
                   if (d / "config.pbtxt").is_file() and 'backend: "python"' in (d / "config.pbtxt").read_text())
 
 
+def check_port_free(port: int, what: str) -> None:
+    """Bind it for a moment: a port another process listens on is an error now, not a server that
+    exits later (or a readiness probe answered by the other process)."""
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError as err:
+            raise ServerError(f"{what} port {port} on 127.0.0.1 is already in use ({err.strerror}); "
+                              f"stop what holds it or pick another port") from None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def remove_stale_shm() -> list[str]:
+    """Shared-memory regions left by servers whose owner died (SIGKILL leaves no one to clean)."""
+    removed = []
+    for f in SHM_DIR.glob(SHM_PREFIX + "*"):
+        m = re.match(re.escape(SHM_PREFIX) + r"(\d+)_", f.name)
+        if m and not pid_alive(int(m.group(1))):
+            f.unlink(missing_ok=True)
+            removed.append(f.name)
+    return removed
+
+
 class TritonServer:
     """Context manager: a tritonserver process serving ``repo`` on 127.0.0.1."""
 
     def __init__(self, repo: str | Path, http_port: int = 8000, grpc_port: int = 8001, metrics_port: int = 8002,
-                 log: Path | None = None) -> None:
+                 log: str | Path | None = None, exit_timeout_s: int = 10) -> None:
         self.repo = Path(repo).resolve()
         self.ports = {"http": http_port, "grpc": grpc_port, "metrics": metrics_port}
-        self.log = log
+        self.log = Path(log) if log else Path(tempfile.gettempdir()) / f"stsun-triton-{http_port}.log"
+        self.exit_timeout_s = exit_timeout_s
         self.proc: subprocess.Popen | None = None
+        self.models: list[str] = []
+        self.shm_prefix = f"{SHM_PREFIX}{os.getpid()}_{http_port}_"
         self._backends: tempfile.TemporaryDirectory | None = None
 
     @property
@@ -69,12 +127,28 @@ class TritonServer:
             (py / src.name).symlink_to(src)
         return Path(self._backends.name)
 
+    def log_tail(self, lines: int = 5) -> str:
+        try:
+            with open(self.log, errors="replace") as f:
+                tail = deque((ln.rstrip() for ln in f if ln.strip()), maxlen=lines)
+        except OSError:
+            return ""
+        return " | ".join(tail)
+
+    def _failed(self, what: str) -> ServerError:
+        self.stop()
+        tail = self.log_tail()
+        return ServerError(f"{what}; log {self.log}" + (f", last lines: {tail}" if tail else ""))
+
     def start(self, timeout: float = 60.0) -> "TritonServer":
         if not self.repo.is_dir():
             raise ServerError(f"model repository not found: {self.repo}")
         models = python_models(self.repo)
         if not models:
             raise ServerError(f"{self.repo} has no python-backend model; write one with `stsun triton-repo`")
+        for what, port in self.ports.items():
+            check_port_free(port, what)
+        remove_stale_shm()
         root = server_package()
         env = dict(os.environ)
         # The stub's embedded Python ignores PYTHONPATH: it finds numpy/onnxruntime through PATH
@@ -84,37 +158,94 @@ class TritonServer:
         cmd = [str(root / "bin" / "tritonserver"), f"--model-repository={self.repo}",
                f"--backend-directory={self._backend_dir(root)}", "--model-control-mode=explicit",
                *[f"--load-model={m}" for m in models],
+               f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
                "--http-address=127.0.0.1", "--grpc-address=127.0.0.1", "--metrics-address=127.0.0.1",
                f"--http-port={self.ports['http']}", f"--grpc-port={self.ports['grpc']}",
                f"--metrics-port={self.ports['metrics']}", "--pinned-memory-pool-byte-size=0",
-               "--cuda-memory-pool-byte-size=0:0", "--allow-gpu-metrics=false"]
-        out = open(self.log, "w") if self.log else subprocess.DEVNULL
-        self.proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+               "--cuda-memory-pool-byte-size=0:0", "--allow-gpu-metrics=false",
+               f"--exit-timeout-secs={self.exit_timeout_s}"]
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "w") as out:
+            # a session of its own: a terminal's Ctrl-C reaches only us, and we stop it in order
+            self.proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                         preexec_fn=_die_with_parent)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                self.stop()
-                raise ServerError(f"tritonserver exited with code {self.proc.returncode}"
-                                  + (f"; see {self.log}" if self.log else ""))
-            try:
-                with urllib.request.urlopen(f"http://{self.http_url}/v2/health/ready", timeout=1) as r:
-                    if r.status == 200:
-                        self.models = models
-                        return self
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
+                raise self._failed(f"tritonserver exited with code {self.proc.returncode} while starting")
+            if self.ready():
+                self.models = models
+                return self
             time.sleep(0.3)
-        self.stop()
-        raise ServerError(f"tritonserver was not ready within {timeout:.0f} s")
+        raise self._failed(f"tritonserver was not ready within {timeout:.0f} s")
 
-    def stop(self, timeout: float = 20.0) -> None:
+    def _call(self, method: str, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
+        req = urllib.request.Request(f"http://{self.http_url}{path}", method=method,
+                                     data=b"{}" if method == "POST" else None)
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as err:
+            return err.code, err.read()
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return 0, b""
+
+    def ready(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None and self._call("GET", "/v2/health/ready", 1)[0] == 200
+
+    def model_ready(self, model: str) -> bool:
+        return self._call("GET", f"/v2/models/{model}/ready", 1)[0] == 200
+
+    def model_config(self, model: str) -> dict:
+        status, body = self._call("GET", f"/v2/models/{model}/config")
+        if status != 200:
+            raise ServerError(f"model '{model}' has no configuration on the server (HTTP {status})")
+        return json.loads(body)
+
+    def reload(self, model: str, timeout: float = 30.0) -> None:
+        """Unload (not ready from then on; in-flight requests finish or fail), then load again."""
+        self._call("POST", f"/v2/repository/models/{model}/unload")
+        deadline = time.monotonic() + timeout
+        while self.model_ready(model) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        status, body = self._call("POST", f"/v2/repository/models/{model}/load", timeout)
+        if status != 200:
+            raise ServerError(f"reloading model '{model}' failed (HTTP {status}): {body.decode(errors='replace')[:200]}")
+
+    def unload_all(self) -> None:
+        for m in self.models:
+            self._call("POST", f"/v2/repository/models/{m}/unload")
+
+    def stubs(self) -> dict[int, str]:
+        """pid -> model name of the live python-backend stub processes."""
+        if self.proc is None or self.proc.poll() is not None:
+            return {}
+        try:
+            children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
+        except OSError:
+            return {}
+        found = {}
+        for pid in map(int, children):
+            try:
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            # argv: stub, model.py, shm region, sizes, parent pid, lib dir, ipc handle, instance, ...
+            if argv[0].endswith(b"triton_python_backend_stub") and len(argv) > 8 and pid_alive(pid):
+                found[pid] = re.sub(r"_\d+_\d+$", "", argv[8].decode())
+        return found
+
+    def stop(self, timeout: float | None = None) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             try:
-                self.proc.wait(timeout)
+                self.proc.wait(timeout or self.exit_timeout_s + 5)
             except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, 9)
+                os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
+        if self.proc is not None:  # stubs exit with the server; whatever they left is ours to remove
+            for f in SHM_DIR.glob(self.shm_prefix + "*"):
+                f.unlink(missing_ok=True)
         if self._backends is not None:
             self._backends.cleanup()
             self._backends = None

@@ -39,6 +39,8 @@ class Scaling(BaseModel):
     offset: float = 0.0
     dn_offset: float = Field(0.0, description="added to raw digital numbers first (Sentinel-2 L2A "
                                                "processing baseline >= 04.00: -1000)")
+    dtype: Literal["uint8", "uint16", "int16"] = Field(
+        "uint16", description="how the sensor stores digital numbers: the raw input of served DN models")
     note: str = ""
 
 

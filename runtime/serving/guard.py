@@ -1,0 +1,186 @@
+"""An HTTP front for Triton that bounds every inference request before the server sees it.
+
+Triton 2.51 has no limit on HTTP request size, and for JSON-encoded tensors it allocates what the
+declared shape asks for before checking it against the model: a 90-byte request declaring
+[100000, 2, 10, 256, 256] aborts the server with ``std::bad_alloc``. (Its gRPC endpoint checks the
+batch size first and is not affected.) The guard answers such requests itself with HTTP 400 and a
+reason: a body over the size limit (413), an unknown input name, a wrong datatype, a batch outside
+1..max_batch_size, dimensions other than the model's. Everything else is passed through unchanged.
+While draining (shutdown) it refuses new inference requests and reports not-ready with 503.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import threading
+from dataclasses import dataclass
+
+from aiohttp import ClientSession, ClientTimeout, web
+
+from stsun.errors import ServerError
+
+INFER = re.compile(r"^/v2/models/([^/]+)(?:/versions/[^/]+)?/infer$")
+MODEL_READY = re.compile(r"^/v2/models/([^/]+)(?:/versions/[^/]+)?/ready$")
+TRITON_DTYPES = {"TYPE_FP32": "FP32", "TYPE_FP16": "FP16", "TYPE_UINT8": "UINT8", "TYPE_UINT16": "UINT16",
+                 "TYPE_INT16": "INT16", "TYPE_INT32": "INT32", "TYPE_INT64": "INT64", "TYPE_BOOL": "BOOL"}
+BYTES = {"FP32": 4, "FP16": 2, "UINT8": 1, "UINT16": 2, "INT16": 2, "INT32": 4, "INT64": 8, "BOOL": 1}
+HOP_BY_HOP = {"host", "content-length", "transfer-encoding", "connection", "keep-alive"}
+
+
+@dataclass(frozen=True)
+class ModelLimits:
+    max_batch: int
+    inputs: dict[str, tuple[str, tuple[int, ...]]]  # name -> (datatype, dims without batch)
+
+    @classmethod
+    def from_config(cls, config: dict) -> "ModelLimits":
+        return cls(int(config.get("max_batch_size", 0)),
+                   {i["name"]: (TRITON_DTYPES.get(i["data_type"], i["data_type"]), tuple(int(d) for d in i["dims"]))
+                    for i in config["input"]})
+
+    def max_binary_bytes(self) -> int:
+        return sum(BYTES.get(dt, 8) * max(self.max_batch, 1) * _product(dims) for dt, dims in self.inputs.values())
+
+    def problem(self, model: str, header: dict) -> str | None:
+        """Why this request's header is refused, or None."""
+        inputs = header.get("inputs")
+        if not isinstance(inputs, list) or not inputs:
+            return "the request has no 'inputs' list"
+        for inp in inputs:
+            if not isinstance(inp, dict):
+                return "each input must be an object with name, shape and datatype"
+            name = inp.get("name")
+            if name not in self.inputs:
+                return f"model '{model}' has no input {name!r}; its inputs are {sorted(self.inputs)}"
+            dtype, dims = self.inputs[name]
+            if inp.get("datatype") != dtype:
+                return f"input '{name}' must be {dtype}, got {inp.get('datatype')!r}"
+            shape = inp.get("shape")
+            if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
+                return f"input '{name}' needs a shape of integers, got {shape!r}"
+            batched = self.max_batch > 0
+            if batched and (len(shape) != len(dims) + 1 or not 1 <= shape[0] <= self.max_batch):
+                return (f"input '{name}' must have shape [1..{self.max_batch}, {', '.join(map(str, dims))}], "
+                        f"got {shape}")
+            if tuple(shape[1:] if batched else shape) != dims:
+                return f"input '{name}' must have dims {list(dims)} after the batch, got {shape}"
+        return None
+
+
+def _product(dims: tuple[int, ...]) -> int:
+    n = 1
+    for d in dims:
+        n *= d
+    return n
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+class Guard:
+    """Listens on ``port`` (127.0.0.1) and forwards to Triton's HTTP endpoint at ``upstream``."""
+
+    def __init__(self, upstream: str, limits: dict[str, ModelLimits], port: int, max_body_bytes: int) -> None:
+        self.upstream, self.limits, self.port, self.max_body = upstream, limits, port, max_body_bytes
+        self.draining = False
+        self.healing: set[str] = set()  # models being reloaded by the supervisor: not ready, no inference
+        self.in_flight = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._runner: web.AppRunner | None = None
+        self._session: ClientSession | None = None
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        match = INFER.match(request.path)
+        if self.draining and (match or request.path.startswith("/v2/health/ready")):
+            return _error(503, "the server is shutting down; send this request to another replica")
+        asked = (match or MODEL_READY.match(request.path))
+        if (asked and asked.group(1) in self.healing) or (self.healing and request.path == "/v2/health/ready"):
+            return _error(503, f"model {'/'.join(sorted(self.healing))} is being reloaded after its process died; "
+                               f"retry in a few seconds")
+        infer = bool(match) and request.method == "POST"
+        self.in_flight += infer  # counted from arrival: a drain waits for requests still uploading
+        try:
+            return await self._forward(request, match if infer else None)
+        finally:
+            self.in_flight -= infer
+
+    async def _forward(self, request: web.Request, infer: re.Match | None) -> web.StreamResponse:
+        try:
+            body = await request.read()
+        except ConnectionResetError:  # the client went away mid-body
+            return _error(400, "the request body was cut off")
+        if infer and (limits := self.limits.get(infer.group(1))) is not None:
+            problem = self._check(infer.group(1), limits, request, body)
+            if problem:
+                return _error(400, problem)
+        try:
+            headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
+            async with self._session.request(request.method, f"http://{self.upstream}{request.rel_url}",
+                                             headers=headers, data=body) as up:
+                payload = await up.read()
+                out = {k: v for k, v in up.headers.items() if k.lower() not in HOP_BY_HOP}
+                return web.Response(status=up.status, body=payload, headers=out)
+        except OSError as err:
+            return _error(503, f"the inference server is not reachable ({err}); it may be restarting")
+
+    @staticmethod
+    def _check(model: str, limits: ModelLimits, request: web.Request, body: bytes) -> str | None:
+        header_len = request.headers.get("Inference-Header-Content-Length")
+        try:
+            n = int(header_len) if header_len is not None else len(body)
+            if not 0 < n <= len(body):
+                return f"Inference-Header-Content-Length {header_len} does not fit the {len(body)}-byte body"
+            header = json.loads(body[:n])
+        except (ValueError, UnicodeDecodeError) as err:
+            return f"the request header is not valid JSON ({err})"
+        if not isinstance(header, dict):
+            return "the request header must be a JSON object"
+        return limits.problem(model, header)
+
+    def start(self) -> "Guard":
+        self._loop = asyncio.new_event_loop()
+        started = threading.Event()
+        failure: list[BaseException] = []
+
+        async def setup() -> None:
+            app = web.Application(client_max_size=self.max_body)
+            app.router.add_route("*", "/{tail:.*}", self._handle)
+            self._session = ClientSession(timeout=ClientTimeout(total=None), auto_decompress=False)  # bytes pass as sent
+            self._runner = web.AppRunner(app, access_log=None)
+            await self._runner.setup()
+            await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+
+        def run() -> None:
+            asyncio.set_event_loop(self._loop)
+            try:
+                self._loop.run_until_complete(setup())
+            except BaseException as err:  # reported to start()'s caller
+                failure.append(err)
+                started.set()
+                return
+            started.set()
+            self._loop.run_forever()
+
+        self._thread = threading.Thread(target=run, name="stsun-guard", daemon=True)
+        self._thread.start()
+        started.wait()
+        if failure:
+            raise ServerError(f"the HTTP front could not listen on 127.0.0.1:{self.port}: {failure[0]}")
+        return self
+
+    def stop(self) -> None:
+        if self._loop is None:
+            return
+
+        async def teardown() -> None:
+            await self._runner.cleanup()
+            await self._session.close()
+
+        asyncio.run_coroutine_threadsafe(teardown(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+        self._loop = None

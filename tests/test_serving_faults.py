@@ -1,0 +1,365 @@
+"""`stsun serve` as an operator runs it (a subprocess on loopback ports) against hostile input and
+faults: oversized declared shapes, abandoned requests, client errors while good traffic flows, a
+crashed model process, a taken port, SIGTERM under load, SIGKILL of the supervisor."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stsun import load_profile
+from stsun.pipeline import build_artifacts
+from stsun.errors import InputError
+from stsun.runtime import load_engine
+from stsun.runtime.serving.repository import write_triton_repo
+from stsun.runtime.serving.server import SHM_DIR, SHM_PREFIX, remove_stale_shm, tritonserver_available
+from stsun.synthetic import synthetic_tiles
+
+pytestmark = [pytest.mark.own_process,  # starts servers on loopback ports
+              pytest.mark.skipif(tritonserver_available() is not None,
+                                 reason=f"no Triton server here: {tritonserver_available()}")]
+MODEL = "sentinel2-scd"
+
+
+def free_ports(n):
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def port_open(port):
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def http(port, path, body=None, headers=None, timeout=60):
+    """(status, parsed JSON or raw bytes) of one request; never raises on an HTTP status."""
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body, headers=headers or {},
+                                 method="POST" if body is not None else "GET")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            status, data = r.status, r.read()
+    except urllib.error.HTTPError as err:
+        status, data = err.code, err.read()
+    try:
+        return status, json.loads(data)
+    except ValueError:
+        return status, data
+
+
+def children(pid):
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+class Serve:
+    """`stsun serve` in a subprocess."""
+
+    def __init__(self, repo, tmp, ports=None):
+        self.http, self.grpc, self.metrics = ports or free_ports(3)
+        self.log = tmp / f"triton-{self.http}.log"
+        self.out = open(tmp / f"serve-{self.http}.out", "w+")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "stsun.cli", "serve", "--repo", str(repo), "--http-port", str(self.http),
+             "--grpc-port", str(self.grpc), "--metrics-port", str(self.metrics), "--log", str(self.log),
+             "--drain-timeout", "30"], stdout=self.out, stderr=subprocess.STDOUT)
+
+    def wait_ready(self, timeout=90):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.output()
+            if port_open(self.http) and http(self.http, "/v2/health/ready", timeout=2)[0] == 200:
+                return self
+            time.sleep(0.3)
+        raise AssertionError(f"not ready: {self.output()}")
+
+    def output(self):
+        self.out.flush()
+        self.out.seek(0)
+        return self.out.read()
+
+    @property
+    def tritonserver(self):
+        (pid,) = [c for c in children(self.proc.pid) if b"tritonserver" in Path(f"/proc/{c}/cmdline").read_bytes()]
+        return pid
+
+    def stubs(self):
+        found = {}
+        for c in children(self.tritonserver):
+            argv = Path(f"/proc/{c}/cmdline").read_bytes().split(b"\0")
+            if len(argv) > 8:
+                found[argv[8].decode().rsplit("_", 2)[0]] = c
+        return found
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(60)
+
+
+@pytest.fixture(scope="module")
+def build(tmp_path_factory):
+    root = tmp_path_factory.mktemp("serving")
+    build_artifacts(load_profile(MODEL), root / "build", precisions=("fp32",), max_batch=8, fidelity_tiles=1)
+    write_triton_repo(root / "build", root / "repo")
+    return root
+
+
+@pytest.fixture(scope="module")
+def served(build):
+    server = Serve(build / "repo", build).wait_ready()
+    yield server
+    server.stop()
+    assert server.proc.returncode == 0, server.output()
+
+
+@pytest.fixture(scope="module")
+def local(build):
+    return load_engine(build / "build", backend="onnxruntime")
+
+
+def infer_body(x, name="x", datatype="FP32"):
+    """A binary-tensor HTTP request body and its headers."""
+    header = json.dumps({"inputs": [{"name": name, "shape": list(x.shape), "datatype": datatype,
+                                     "parameters": {"binary_data_size": x.nbytes}}],
+                         "outputs": [{"name": "logits", "parameters": {"binary_data": True}}]}).encode()
+    return header + x.tobytes(), {"Inference-Header-Content-Length": str(len(header)),
+                                  "Content-Type": "application/octet-stream"}
+
+
+def logits_of(status_and_data, batch):
+    status, data = status_and_data
+    assert status == 200, data
+    return np.frombuffer(data[-batch * 2 * 6 * 256 * 256 * 4:], np.float32).reshape(batch, 2, 6, 256, 256)
+
+
+def test_oversized_declared_shapes_are_refused_before_allocation(served, local):
+    """The 90-byte request that aborted tritonserver with std::bad_alloc is a 400 now, with a reason;
+    [400, ...] too; a body over the limit is a 413; the server serves correct results after."""
+    rss_before = int(Path(f"/proc/{served.tritonserver}/status").read_text().split("VmRSS:")[1].split()[0])
+    for batch in (100000, 400, 9, 0):
+        body = json.dumps({"inputs": [{"name": "x", "shape": [batch, 2, 10, 256, 256], "datatype": "FP32",
+                                       "data": [0.1]}]}).encode()
+        status, data = http(served.http, f"/v2/models/{MODEL}/infer", body, {"Content-Type": "application/json"})
+        assert status == 400 and "must have shape [1..8, 2, 10, 256, 256]" in data["error"], (batch, data)
+    status, _ = http(served.http, f"/v2/models/{MODEL}/infer", b"[" * (600 * 2**20))
+    assert status == 413
+    rss_after = int(Path(f"/proc/{served.tritonserver}/status").read_text().split("VmRSS:")[1].split()[0])
+    assert rss_after - rss_before < 100_000, "the server allocated for a refused request"  # kB
+    x, _ = synthetic_tiles(local.profile, 2, seed=3)
+    got = logits_of(http(served.http, f"/v2/models/{MODEL}/infer", *infer_body(x)), 2)
+    np.testing.assert_allclose(got, local(x), rtol=0, atol=1e-5)
+
+
+def test_client_errors_are_4xx_while_good_traffic_stays_correct(served, local):
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    x, _ = synthetic_tiles(local.profile, 1, seed=4)
+    want = local(x)
+    good, stop = [], threading.Event()
+
+    def traffic():
+        while not stop.is_set():
+            good.append(logits_of(http(served.http, f"/v2/models/{MODEL}/infer", *infer_body(x)), 1))
+
+    threads = [threading.Thread(target=traffic) for _ in range(2)]
+    for t in threads:
+        t.start()
+    nan = x.copy()
+    nan[0, 0, 0, 0, 0] = np.nan
+    path = f"/v2/models/{MODEL}/infer"
+    cases = {"NaN": (path, *infer_body(nan)), "out of range": (path, *infer_body(x * 1e4)),
+             "wrong dtype": (path, *infer_body(x.astype(np.float16), datatype="FP16")),
+             "wrong shape": (path, *infer_body(np.ascontiguousarray(x[:, :, :9]))),
+             "unknown input": (path, *infer_body(x, name="y")),
+             "over max batch": (path, *infer_body(np.repeat(x, 9, axis=0))),
+             "malformed body": (path, b'{"inputs": [', {}),
+             "header length beyond body": (path, b"{}", {"Inference-Header-Content-Length": "99"}),
+             "unknown model": ("/v2/models/nope/infer", *infer_body(x))}
+    try:
+        for what, (p, body, headers) in cases.items():
+            status, data = http(served.http, p, body, headers)
+            assert 400 <= status < 500 and data["error"], (what, status, data)
+        client = grpcclient.InferenceServerClient(f"127.0.0.1:{served.grpc}")
+        for array in (nan, np.repeat(x, 9, axis=0)):
+            inp = grpcclient.InferInput("x", list(array.shape), "FP32")
+            inp.set_data_from_numpy(array)
+            with pytest.raises(InferenceServerException) as err:
+                client.infer(MODEL, [inp])
+            assert err.value.status() == "StatusCode.INVALID_ARGUMENT", err.value
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(120)
+    assert len(good) >= 2
+    for got in good:
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_dn_model_returns_the_local_maps(served, build, local, protocol):
+    """Raw uint16 DN in, the uint8 maps of `stsun predict` out, exactly as the local engine makes them."""
+    p = local.profile
+    rng = np.random.default_rng(5)
+    dn = rng.integers(1, 9000, (3, *p.input_shape)).astype(np.uint16)
+    dn[0, 1, :, :40, :50] = 0        # nodata (0) in the second date
+    dn[2, 0, 4, 100:120, :] = 0      # one band missing
+    port = served.http if protocol == "http" else served.grpc
+    remote = load_engine(build / "build", backend="triton", url=f"127.0.0.1:{port}", protocol=protocol)
+    want_maps, want_logits = local.maps(dn, with_logits=True)
+    maps = remote.maps(dn)
+    assert maps.dtype == np.uint8 and maps.shape == (3, 3, 256, 256)
+    assert (maps == want_maps).all()
+    assert (maps[0, :, :40, :50] == 255).all() and (maps[2, :, 100:120] == 255).all()
+    maps2, logits = remote.maps(dn, with_logits=True)
+    assert (maps2 == want_maps).all()
+    np.testing.assert_allclose(logits, want_logits, rtol=0, atol=1e-5)
+    with pytest.raises(InputError, match="uint16"):
+        remote.maps(dn.astype(np.int32))
+
+
+def test_abandoned_requests_do_not_pile_up(served, local):
+    """16 clients x 10 batch-4 requests that each give up after 1 s: the bounded queue turns most
+    of them away instead of computing them all; a fresh request is then answered within the queue
+    timeout (10 s) plus one execution, and correctly."""
+    x, _ = synthetic_tiles(local.profile, 4, seed=6)
+    body, headers = infer_body(x)
+    stats_path = f"/v2/models/{MODEL}/stats"
+    before = http(served.http, stats_path)[1]["model_stats"][0]["inference_stats"]["success"]["count"]
+
+    def client():
+        for _ in range(10):
+            try:
+                http(served.http, f"/v2/models/{MODEL}/infer", body, headers, timeout=1)
+            except (TimeoutError, urllib.error.URLError, ConnectionError):
+                pass  # abandoned
+
+    threads = [threading.Thread(target=client) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    t0 = time.monotonic()
+    got = logits_of(http(served.http, f"/v2/models/{MODEL}/infer", *infer_body(x[:1]), timeout=120), 1)
+    waited = time.monotonic() - t0
+    np.testing.assert_allclose(got, local(x[:1]), rtol=0, atol=1e-5)
+    assert waited < 20, f"a fresh request waited {waited:.1f} s behind abandoned ones"
+    computed = http(served.http, stats_path)[1]["model_stats"][0]["inference_stats"]["success"]["count"] - before
+    assert computed < 160 / 2, f"{computed} of 160 abandoned requests were computed"
+
+
+def test_a_crashed_model_process_is_healed(served, local):
+    """Kill the python backend's stub under load: readiness goes false, comes back within 30 s
+    (about 2 s here), and results are correct again; requests caught in the dead process fail
+    with a server error within seconds."""
+    x, _ = synthetic_tiles(local.profile, 1, seed=7)
+    want = local(x)
+    results, stop = [], threading.Event()
+
+    def traffic():
+        while not stop.is_set():
+            t0 = time.monotonic()
+            status, data = http(served.http, f"/v2/models/{MODEL}/infer", *infer_body(x))
+            results.append((time.monotonic(), status, time.monotonic() - t0, data))
+
+    threads = [threading.Thread(target=traffic) for _ in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)
+    killed = time.monotonic()
+    os.kill(served.stubs()[MODEL], signal.SIGKILL)
+    seen_down = back = None
+    while time.monotonic() - killed < 40 and back is None:
+        ready = http(served.http, f"/v2/models/{MODEL}/ready", timeout=5)[0] == 200
+        if not ready and seen_down is None:
+            seen_down = time.monotonic()
+        if ready and seen_down is not None:
+            back = time.monotonic()
+        time.sleep(0.1)
+    time.sleep(1.0)
+    stop.set()
+    for t in threads:
+        t.join(60)
+    assert seen_down is not None and back is not None, served.output()
+    assert back - killed < 30
+    after = [(s, d) for t, s, took, d in results if t - took > back]  # sent once it was back
+    assert after and all(s == 200 for s, _ in after)
+    np.testing.assert_allclose(logits_of(after[-1], 1), want, rtol=0, atol=1e-5)
+    failed = [(s, took) for t, s, took, _ in results if s != 200]
+    assert all(500 <= s < 600 and took < 5 for s, took in failed), failed
+    assert "died; reloading" in served.output() and "serving again" in served.output()
+
+
+def test_a_taken_port_is_an_error(build, tmp_path):
+    for taken in range(3):
+        ports = free_ports(3)
+        with socket.socket() as holder:
+            holder.bind(("127.0.0.1", ports[taken]))
+            holder.listen()
+            server = Serve(build / "repo", tmp_path, ports)
+            assert server.proc.wait(60) == 2
+        out = server.output()
+        assert "already in use" in out and str(ports[taken]) in out and "serving" not in out, out
+
+
+def test_sigterm_drains_in_flight_requests_and_frees_everything(build, local, tmp_path):
+    server = Serve(build / "repo", tmp_path).wait_ready()
+    x, _ = synthetic_tiles(local.profile, 8, seed=8)
+    want = local(x)
+    results = []
+
+    def client():
+        results.append(http(server.http, f"/v2/models/{MODEL}/infer", *infer_body(x), timeout=120))
+
+    threads = [threading.Thread(target=client) for _ in range(3)]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)
+    triton = server.tritonserver
+    server.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    late = http(server.http, f"/v2/models/{MODEL}/infer", *infer_body(x[:1])) if port_open(server.http) else (503, None)
+    assert late[0] == 503
+    for t in threads:
+        t.join(120)
+    assert server.proc.wait(60) == 0, server.output()
+    assert len(results) == 3
+    for r in results:
+        np.testing.assert_allclose(logits_of(r, 8), want, rtol=0, atol=1e-5)
+    assert not Path(f"/proc/{triton}").exists()
+    assert not any(port_open(p) for p in (server.http, server.grpc, server.metrics))
+    assert not list(SHM_DIR.glob(f"{SHM_PREFIX}{server.proc.pid}_*"))
+
+
+def test_sigkill_of_serve_takes_the_server_down(build, tmp_path):
+    server = Serve(build / "repo", tmp_path).wait_ready()
+    triton = server.tritonserver
+    server.proc.kill()
+    server.proc.wait()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and (Path(f"/proc/{triton}").exists()
+                                           or any(port_open(p) for p in (server.grpc, server.metrics))):
+        time.sleep(0.2)
+    assert not Path(f"/proc/{triton}").exists(), "tritonserver outlived stsun serve"
+    assert not any(port_open(p) for p in (server.grpc, server.metrics))
+    time.sleep(1.0)  # the stubs notice their parent is gone
+    left = list(SHM_DIR.glob(f"{SHM_PREFIX}{server.proc.pid}_*"))
+    removed = remove_stale_shm()  # what the next `stsun serve` does first
+    assert sorted(f.name for f in left) == sorted(r for r in removed if r.startswith(f"{SHM_PREFIX}{server.proc.pid}_"))
+    assert not list(SHM_DIR.glob(f"{SHM_PREFIX}{server.proc.pid}_*"))
