@@ -1,39 +1,100 @@
-"""Load test of the served model: throughput and latency against concurrency, on loopback.
+"""Load test of `stsun serve` with NVIDIA's own load client, perf_analyzer, on loopback.
 
-python benchmarks/serve.py --concurrency 1,2,4,8 --requests 20   (needs the serve extra)
+python benchmarks/serve.py                      # both input forms at concurrency 1,2,4,8,16, plus tuning
+python benchmarks/serve.py --concurrency 1,4 --no-tune
 
-Starts a real tritonserver on 127.0.0.1 with a repository written from the build, then for
-each concurrency runs that many client threads, each sending a bounded number of one-tile
-requests; records throughput, p50/p99 latency and how many requests each execution batched.
+perf_analyzer 2.51 ships in the tritonclient wheel of the serve extra (its two shared libraries
+come from the nvidia-pytriton wheel; linked here in a temporary folder). For each input form
+(scaled float32 ``x`` -> logits on ``<profile>``; raw uint16 ``dn`` -> maps and logits on
+``<profile>-dn``: perf_analyzer always asks for every output) and each concurrency it records
+throughput, p50/p99 latency and the server-side split perf_analyzer reports (queue, compute).
+``--tune`` first measures a few model configurations at one concurrency and keeps the fastest
+for the sweep. Results: benchmarks/results/serve_cpu.json and serve_cpu.png.
 """
 from __future__ import annotations
 
+import base64
+import csv
 import json
+import os
+import shutil
+import subprocess
+import sys
 import tempfile
-import threading
-import time
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Annotated
 
 import numpy as np
 import typer
 
+PA_LIBS = {"libb64.so.0d": "libb64-*.so.0d", "libcudart.so.12": "libcudart-*.so.12*"}
+TUNING = {  # name -> changes to ServingConfig, each measured against the default
+    "default (1 instance, all threads, 2 ms batching delay)": {},
+    "2 instances x 1 thread": {"instances": 2, "intra_op_threads": 1},
+    "1 instance, no batching delay": {"max_queue_delay_us": 0},
+    "1 instance, 20 ms batching delay": {"max_queue_delay_us": 20000},
+}
+
+
+def perf_analyzer(tmp: Path) -> tuple[str, dict[str, str]]:
+    """The binary and an environment in which its libraries resolve."""
+    binary = shutil.which("perf_analyzer", path=str(Path(sys.executable).parent)) or shutil.which("perf_analyzer")
+    if binary is None:
+        raise SystemExit("perf_analyzer not found: pip install 'stsun[serve]' (tritonclient 2.51 ships it)")
+    import pytriton
+
+    libs = Path(pytriton.__file__).parent.parent / "nvidia_pytriton.libs"
+    folder = tmp / "palibs"
+    folder.mkdir()
+    for name, pattern in PA_LIBS.items():
+        found = sorted(libs.glob(pattern))
+        if found:
+            (folder / name).symlink_to(found[0])
+    env = dict(os.environ, LD_LIBRARY_PATH=f"{folder}{os.pathsep}{os.environ.get('LD_LIBRARY_PATH', '')}")
+    return binary, env
+
+
+def input_file(path: Path, name: str, array: np.ndarray) -> Path:
+    path.write_text(json.dumps({"data": [{name: {"b64": base64.b64encode(array.tobytes()).decode(),
+                                                 "shape": list(array.shape)}}]}))
+    return path
+
+
+def measure(pa: tuple[str, dict], model: str, url: str, data: Path, concurrency: int, window: int,
+            csv_path: Path) -> dict:
+    binary, env = pa
+    cmd = [binary, "-m", model, "-u", url, "-i", "http", "--input-data", str(data),
+           "--concurrency-range", str(concurrency), "--request-count", str(max(window, 4 * concurrency)),
+           "-f", str(csv_path), "--verbose-csv"]  # one fixed-size measurement: no stabilisation loop to fail
+    run = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if not csv_path.is_file():
+        raise RuntimeError(f"perf_analyzer failed ({run.returncode}): {run.stderr.strip() or run.stdout[-500:]}")
+    with open(csv_path) as f:
+        row = next(csv.DictReader(f))
+    us = {k: float(v) for k, v in row.items() if v not in ("", None) and k != "Concurrency"}
+    return {"concurrency": concurrency, "throughput": us["Inferences/Second"],
+            "latency_ms": {"p50": us["p50 latency"] / 1e3, "p99": us["p99 latency"] / 1e3},
+            "server_ms": {"queue": us["Server Queue"] / 1e3,
+                          "compute": (us["Server Compute Input"] + us["Server Compute Infer"]
+                                      + us["Server Compute Output"]) / 1e3},
+            "client_ms": {"send": us["Client Send"] / 1e3, "receive": us["Client Recv"] / 1e3}}
+
 
 def main(
     profile: Annotated[str, typer.Option()] = "sentinel2-scd",
-    concurrency: Annotated[str, typer.Option()] = "1,2,4,8",
-    requests: Annotated[int, typer.Option(min=1, help="Requests per client thread.")] = 20,
+    concurrency: Annotated[str, typer.Option()] = "1,2,4,8,16",
+    window: Annotated[int, typer.Option(help="Requests per measurement (at least 4 per concurrent client).")] = 48,
+    tune: Annotated[bool, typer.Option(help="Measure the TUNING configurations first (concurrency 8, float input).")] = True,
     build_dir: Annotated[Path | None, typer.Option()] = None,
     out: Annotated[Path, typer.Option()] = Path("benchmarks/results/serve_cpu.json"),
 ) -> None:
-    import tritonclient.http as httpclient
-
     from stsun.atomic import atomic_write
     from stsun.pipeline import build_artifacts
     from stsun.profiles import load_profile
-    from stsun.runtime import load_engine
-    from stsun.runtime.serving.server import TritonServer
-    from stsun.runtime.serving.repository import write_triton_repo
+    from stsun.runtime.serving.repository import ServingConfig, write_triton_repo
+    from stsun.runtime.serving.server import free_port
+    from stsun.runtime.serving.supervisor import ServeOptions, Supervisor
     from stsun.synthetic import synthetic_tiles
 
     prof = load_profile(profile)
@@ -41,55 +102,70 @@ def main(
     if not (bdir / "build_report.json").is_file():
         build_artifacts(prof, bdir, precisions=("fp32",), max_batch=8)
     x, _ = synthetic_tiles(prof, 1, seed=31)
-    records = []
+    s = prof.scaling
+    dn = np.clip(np.rint((x[0] - s.offset) / s.scale - s.dn_offset), 1, np.iinfo(s.dtype).max).astype(s.dtype)
+    levels = [int(v) for v in concurrency.split(",")]
+    result = {"profile": prof.name, "command": " ".join(["python", *sys.argv]),
+              "server": "stsun serve: tritonserver 2.51 (nvidia-pytriton 0.7.0) python backend + onnxruntime CPU, "
+                        "behind the stsun HTTP guard", "client": "perf_analyzer 2.51, HTTP, binary tensors, 1 tile per request",
+              "machine": f"{os.cpu_count()} CPU cores, no GPU; server and client share them",
+              "tuning": [], "records": []}
     with tempfile.TemporaryDirectory() as tmp:
-        write_triton_repo(bdir, Path(tmp) / "repo")
-        with TritonServer(Path(tmp) / "repo", 18000, 18001, 18002) as server:
-            stats = httpclient.InferenceServerClient(server.http_url)
-            for c in (int(v) for v in concurrency.split(",")):
-                load_engine(bdir, backend="triton", url=server.http_url)(x)  # warm-up
-                before = stats.get_inference_statistics(prof.name)["model_stats"][0]
-                latencies: list[float] = []
-                errors: list[BaseException] = []
-                lock = threading.Lock()
-                go = threading.Barrier(c + 1)
+        tmp = Path(tmp)
+        pa = perf_analyzer(tmp)
+        forms = {"float32 x -> logits": (prof.name, input_file(tmp / "x.json", "x", x[0]), x[0].nbytes),
+                 f"{s.dtype} dn -> maps + logits": (f"{prof.name}-dn", input_file(tmp / "dn.json", "dn", dn), dn.nbytes)}
 
-                def client() -> None:
-                    try:  # tritonclient.http uses greenlets: each thread needs its own client
-                        engine = load_engine(bdir, backend="triton", url=server.http_url)
-                        go.wait()
-                        for _ in range(requests):
-                            start = time.perf_counter()
-                            engine(x)
-                            with lock:
-                                latencies.append(time.perf_counter() - start)
-                    except BaseException as err:  # reported after join
-                        errors.append(err)
-                        go.abort()
+        def serve(config: ServingConfig) -> Supervisor:
+            repo = tmp / "repo"
+            shutil.rmtree(repo, ignore_errors=True)
+            write_triton_repo(bdir, repo, serving=config)
+            ports = [free_port() for _ in range(3)]
+            return Supervisor(ServeOptions(repo, *ports, log=tmp / "triton.log"), report=lambda m: None)
 
-                threads = [threading.Thread(target=client) for _ in range(c)]
-                for t in threads:
-                    t.start()
-                go.wait()
-                start = time.perf_counter()
-                for t in threads:
-                    t.join()
-                wall = time.perf_counter() - start
-                if errors:
-                    raise RuntimeError(f"{len(errors)} client(s) failed: {errors[0]!r}")
-                after = stats.get_inference_statistics(prof.name)["model_stats"][0]
-                inf = after["inference_count"] - before["inference_count"]
-                exe = after["execution_count"] - before["execution_count"]
-                lat = np.array(latencies) * 1000
-                records.append({"concurrency": c, "requests": len(latencies), "throughput": len(latencies) / wall,
-                                "latency_ms": {"p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99))},
-                                "inferences_per_execution": inf / max(exe, 1)})
-                r = records[-1]
-                print(f"concurrency {c}: {r['throughput']:.2f} tiles/s, p50 {r['latency_ms']['p50']:.0f} ms, "
-                      f"p99 {r['latency_ms']['p99']:.0f} ms, {r['inferences_per_execution']:.2f} requests per execution")
-    result = {"profile": prof.name, "server": "tritonserver 2.51 (nvidia-pytriton 0.7.0), python backend + onnxruntime CPU",
-              "records": records}
-    atomic_write(out, lambda tmp: tmp.write_text(json.dumps(result, indent=2) + "\n"))
+        best, best_rate = ServingConfig(), 0.0
+        for name, change in (TUNING.items() if tune else ()):
+            config = replace(ServingConfig(), **change)
+            with serve(config) as sup:
+                model, data, _ = forms["float32 x -> logits"]
+                r = measure(pa, model, sup.http_url, data, 8, window, tmp / "tune.csv")
+            result["tuning"].append({"name": name, "config": asdict(config), **r})
+            print(f"tuning  {name}: {r['throughput']:.2f} inf/s, p99 {r['latency_ms']['p99']:.0f} ms")
+            if r["throughput"] > best_rate:
+                best, best_rate = config, r["throughput"]
+        result["config"] = asdict(best)
+        with serve(best) as sup:
+            for form, (model, data, nbytes) in forms.items():
+                for c in levels:
+                    r = measure(pa, model, sup.http_url, data, c, window, tmp / f"{model}-{c}.csv")
+                    result["records"].append({"input": form, "model": model, "request_tensor_bytes": nbytes, **r})
+                    print(f"{form:28s} concurrency {c:2d}: {r['throughput']:6.2f} inf/s, p50 {r['latency_ms']['p50']:5.0f} ms, "
+                          f"p99 {r['latency_ms']['p99']:5.0f} ms, server queue {r['server_ms']['queue']:5.0f} ms, "
+                          f"compute {r['server_ms']['compute']:4.0f} ms")
+    atomic_write(out, lambda t: t.write_text(json.dumps(result, indent=2) + "\n"))
+    plot(result, out.with_suffix(".png"))
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    for form in dict.fromkeys(r["input"] for r in result["records"]):
+        rows = [r for r in result["records"] if r["input"] == form]
+        cs = [r["concurrency"] for r in rows]
+        a.plot(cs, [r["throughput"] for r in rows], marker="o", label=form)
+        b.plot(cs, [r["latency_ms"]["p99"] for r in rows], marker="o", label=form)
+    for ax, label in ((a, "inferences / s"), (b, "p99 latency (ms)")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("concurrency (perf_analyzer)")
+        ax.set_ylabel(label)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"stsun serve, {result['profile']}, {result['machine']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
 
 
 if __name__ == "__main__":

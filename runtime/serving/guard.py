@@ -25,7 +25,7 @@ MODEL_READY = re.compile(r"^/v2/models/([^/]+)(?:/versions/[^/]+)?/ready$")
 TRITON_DTYPES = {"TYPE_FP32": "FP32", "TYPE_FP16": "FP16", "TYPE_UINT8": "UINT8", "TYPE_UINT16": "UINT16",
                  "TYPE_INT16": "INT16", "TYPE_INT32": "INT32", "TYPE_INT64": "INT64", "TYPE_BOOL": "BOOL"}
 BYTES = {"FP32": 4, "FP16": 2, "UINT8": 1, "UINT16": 2, "INT16": 2, "INT32": 4, "INT64": 8, "BOOL": 1}
-HOP_BY_HOP = {"host", "content-length", "transfer-encoding", "connection", "keep-alive"}
+HOP_BY_HOP = {"host", "content-length", "transfer-encoding", "connection", "keep-alive", "expect"}  # ours to answer
 
 
 @dataclass(frozen=True)
@@ -148,7 +148,9 @@ class Guard:
         async def setup() -> None:
             app = web.Application(client_max_size=self.max_body)
             app.router.add_route("*", "/{tail:.*}", self._handle)
-            self._session = ClientSession(timeout=ClientTimeout(total=None), auto_decompress=False)  # bytes pass as sent
+            # bytes pass as sent, and compressed only when the client itself asked for it
+            self._session = ClientSession(timeout=ClientTimeout(total=None), auto_decompress=False,
+                                          skip_auto_headers=("Accept-Encoding", "User-Agent"))
             self._runner = web.AppRunner(app, access_log=None)
             await self._runner.setup()
             await web.TCPSite(self._runner, "127.0.0.1", self.port).start()

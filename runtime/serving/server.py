@@ -54,6 +54,7 @@ def check_port_free(port: int, what: str) -> None:
     """Bind it for a moment: a port another process listens on is an error now, not a server that
     exits later (or a readiness probe answered by the other process)."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers bind: TIME_WAIT is no conflict
         try:
             s.bind(("127.0.0.1", port))
         except OSError as err:
