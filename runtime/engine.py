@@ -24,6 +24,7 @@ REPORT_NAME = "build_report.json"
 
 class Engine(ABC):
     backend: ClassVar[str]
+    serves_raw: bool = False  # True when raw digital numbers travel as they are (a served DN model)
 
     def __init__(self, profile: Profile, max_batch: int | None = None) -> None:
         self.profile = profile
@@ -62,6 +63,10 @@ class Engine(ABC):
         bands = encode_maps(logits, p.task, p.c_out)
         np.copyto(bands, nodata, where=invalid[:, None])
         return (bands.astype(dtype), logits) if with_logits else bands.astype(dtype)
+
+    def run_many_raw(self, batches: list[np.ndarray]) -> list[np.ndarray]:
+        """``run_many`` for raw digital numbers (nodata pixels zeroed, see ``stsun.raw.scaled``)."""
+        return self.run_many([scaled(b, self.profile)[0] for b in batches])
 
     def run_many(self, batches: list[np.ndarray]) -> list[np.ndarray]:
         """Logits for several batches. Local engines run them one after another (each already

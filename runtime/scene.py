@@ -176,9 +176,12 @@ def predict_scene(engine: Engine, dates: list[str | Path], out: str | Path, opti
             reader = stack.enter_context(ThreadPoolExecutor(max_workers=1, thread_name_prefix="stsun-read"))
             writer = stack.enter_context(ThreadPoolExecutor(max_workers=1, thread_name_prefix="stsun-write"))
 
+            # Raw digital numbers travel when the engine serves them and they give the same model input
+            raw = engine.serves_raw and p.nodata is not None and all(r.reads_raw for r in readers)
+
             def read(y: int) -> tuple[np.ndarray, np.ndarray]:
                 with clock("read (reader thread)"):
-                    return read_strip(readers, p, y, tile, width, height, pad_w)
+                    return read_strip(readers, p, y, tile, width, height, pad_w, raw)
 
             def consume(ri: int, y0: int, chunks: list[list[int]], results: list[np.ndarray],
                         valid: np.ndarray) -> None:
@@ -211,7 +214,7 @@ def predict_scene(engine: Engine, dates: list[str | Path], out: str | Path, opti
                 chunks = [todo[i:i + step] for i in range(0, len(todo), step)]
                 batches = [np.stack([strip[:, :, :, x0:x0 + tile] for x0 in chunk]) for chunk in chunks]
                 with clock("engine"):
-                    results = engine.run_many(batches)
+                    results = (engine.run_many_raw if raw else engine.run_many)(batches)
                 with clock("waiting for writes"):
                     if written is not None:
                         written.result()  # one strip in flight at most: bounded memory, errors surface here
@@ -281,20 +284,21 @@ def band_name(p, b: int) -> str:
 
 
 def read_strip(readers: list[DateReader], p, y0: int, tile: int, width: int, height: int,
-               pad_w: int) -> tuple[np.ndarray, np.ndarray]:
-    """(T_in, C_in, tile, width+pad) scaled input for scene rows [y0, y0+tile), and a
-    (tile, width+pad) mask that is True where every date has data."""
+               pad_w: int, raw: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(T_in, C_in, tile, width+pad) scaled input for scene rows [y0, y0+tile) (``raw``: the digital
+    numbers, with the profile's nodata where a pixel is invalid), and a (tile, width+pad) mask that
+    is True where every date has data."""
     from rasterio.windows import Window
 
     h = min(tile, height - y0)
     window = Window(0, y0, width, h)
-    strip = np.zeros((p.t_in, p.c_in, tile, width + pad_w), np.float32)
+    strip = np.zeros((p.t_in, p.c_in, tile, width + pad_w), p.scaling.dtype if raw else np.float32)
     valid = np.zeros((tile, width + pad_w), bool)
     valid[:h, :width] = True
     for t, reader in enumerate(readers):
         valid[:h, :width] &= reader.read_into(window, strip[t, :, :h, :width])
     if not valid.all():  # nodata (NaN included) never reaches the engine, which would reject NaN
-        np.copyto(strip, 0.0, where=~valid)
+        np.copyto(strip, p.nodata if raw else 0.0, where=~valid)  # a DN model zeroes nodata itself
     return strip, valid
 
 

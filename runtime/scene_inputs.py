@@ -413,14 +413,24 @@ class DateReader:
                                                   height=grid.height, resampling=Resampling.nearest))
             self.quality = (q, qkind)
 
+    @property
+    def reads_raw(self) -> bool:
+        """Whether every band arrives as stored digital numbers of the profile's dtype with the
+        profile's scaling and DN offset, so the raw values can travel instead of the scaled ones
+        with bit-identical model input (a coarser band resampled to float cannot)."""
+        s = self.profile.scaling
+        return self.dn_offset == s.dn_offset and all(
+            g.factor == 1 and g.src.dtypes[0] == s.dtype and g.nodata == self.profile.nodata
+            and all(b.scale is None for b in g.sources) for g in self.groups)
+
     def read(self, window) -> tuple[np.ndarray, np.ndarray]:
         """(C_in, h, w) model input and a (h, w) validity mask (see ``read_into``)."""
         out = np.empty((self.profile.c_in, int(window.height), int(window.width)), np.float32)
         return out, self.read_into(window, out)
 
     def read_into(self, window, out: np.ndarray) -> np.ndarray:
-        """Write the window's model input into ``out`` (C_in, h, w) and return a (h, w) mask, True
-        where every band has data (and the quality band, when masking, does not flag the pixel)."""
+        """Write the window's model input into ``out`` (C_in, h, w; or the raw values when ``out`` is
+        not float32, for a reader that ``reads_raw``) and return a (h, w) mask, True where every band has data (and the quality band, when masking, does not flag the pixel)."""
         from rasterio.errors import RasterioError
 
         p = self.profile
@@ -438,7 +448,9 @@ class DateReader:
             if np.issubdtype(raw.dtype, np.floating):  # integer data cannot be NaN
                 valid &= np.isfinite(raw).all(axis=0)
             for band, pos, s in zip(raw, g.positions, g.sources):
-                if s.scale is None:
+                if out.dtype != np.float32:  # raw digital numbers, as stored (see reads_raw)
+                    out[pos] = band
+                elif s.scale is None:
                     scale_into(band, out[pos], self.dn_offset, p.scaling.scale, p.scaling.offset)
                 else:
                     scale_into(band, out[pos], 0.0, s.scale, s.offset)

@@ -60,17 +60,23 @@ def test_http_and_grpc_match_local_onnxruntime(served):
 def test_scene_through_the_server_matches_local(served, tmp_path):
     """`stsun predict --backend triton --url ...` writes the local engine's map."""
     import rasterio
+    import tritonclient.http as httpclient
     from typer.testing import CliRunner
 
     from stsun.cli import app
-    from stsun.runtime.scene import SceneOptions, predict_scene
+    from stsun.runtime.scene import SceneOptions, predict_scene, tile_starts
     from stsun.synthetic import write_scene
 
     build_dir, server = served
     dates = write_scene(load_profile("sentinel2-scd"), tmp_path / "in", size=1100, height=256, seed=13)["dates"]
+    stats = httpclient.InferenceServerClient(server.http_url)
+    before = stats.get_inference_statistics("sentinel2-scd-dn")["model_stats"][0]["inference_count"]
     res = CliRunner().invoke(app, ["predict", *map(str, dates), "-o", str(tmp_path / "remote.tif"), "--engine",
                                    str(build_dir), "--backend", "triton", "--url", server.http_url])
     assert res.exit_code == 0, res.output
+    # uint16 digital numbers travelled (the DN model), half the bytes of scaled float32
+    tiles = len(tile_starts(1100, 256, 256 - 64))  # one strip of tiles, default overlap a quarter tile
+    assert stats.get_inference_statistics("sentinel2-scd-dn")["model_stats"][0]["inference_count"] - before == tiles
     predict_scene(load_engine(build_dir, backend="onnxruntime"), dates, tmp_path / "local.tif",
                   SceneOptions(progress=False))
     with rasterio.open(tmp_path / "remote.tif") as a, rasterio.open(tmp_path / "local.tif") as b:
