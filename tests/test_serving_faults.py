@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ports import free_ports, port_open
 from stsun import load_profile
 from stsun.pipeline import build_artifacts
 from stsun.errors import InputError
@@ -29,20 +30,6 @@ pytestmark = [pytest.mark.own_process,  # starts servers on loopback ports
                                  reason=f"no Triton server here: {tritonserver_available()}")]
 MODEL = "sentinel2-scd"
 
-
-def free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
-def port_open(port):
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def http(port, path, body=None, headers=None, timeout=60):
@@ -262,6 +249,34 @@ def test_abandoned_requests_do_not_pile_up(served, local):
     assert waited < 20, f"a fresh request waited {waited:.1f} s behind abandoned ones"
     computed = http(served.http, stats_path)[1]["model_stats"][0]["inference_stats"]["success"]["count"] - before
     assert computed < 160 / 2, f"{computed} of 160 abandoned requests were computed"
+
+
+def test_cancelled_grpc_requests_are_not_computed(served, local):
+    """gRPC clients can cancel: requests cancelled while queued are never computed."""
+    import tritonclient.grpc as grpcclient
+
+    x, _ = synthetic_tiles(local.profile, 8, seed=9)
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{served.grpc}")
+
+    def stats():
+        return client.get_inference_statistics(MODEL).model_stats[0].inference_stats
+
+    before = stats()
+    done = []
+    inp = grpcclient.InferInput("x", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    calls = [client.async_infer(MODEL, [inp], lambda result, error: done.append((result, error))) for _ in range(6)]
+    time.sleep(0.3)  # all six sent; one batch of 8 tiles executes at a time
+    for call in calls[1:]:
+        call.cancel()
+    deadline = time.monotonic() + 60
+    while len(done) < 6 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    after = stats()
+    cancelled = [e for _, e in done if e is not None]
+    assert len(done) == 6 and len(cancelled) >= 4, done
+    assert all("CANCELLED" in str(e.status()) for e in cancelled), cancelled
+    assert after.success.count - before.success.count <= 2  # the one sent first, at most one more
 
 
 def test_a_crashed_model_process_is_healed(served, local):

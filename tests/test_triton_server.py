@@ -1,10 +1,10 @@
 """A real Triton Inference Server (nvidia-pytriton's binary) serving a built repository."""
-import socket
 import threading
 
 import numpy as np
 import pytest
 
+from ports import free_ports, port_open
 from stsun import load_profile
 from stsun.pipeline import build_artifacts
 from stsun.runtime import EngineError, load_engine
@@ -16,20 +16,6 @@ pytestmark = [pytest.mark.own_process,  # starts servers on loopback ports
               pytest.mark.skipif(tritonserver_available() is not None,
                                  reason=f"no Triton server here: {tritonserver_available()}")]
 
-
-def free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
-def port_open(port):
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 @pytest.fixture(scope="module")
