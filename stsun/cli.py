@@ -294,6 +294,73 @@ def predict(
     console.print(f"wrote {output}")
 
 
+@app.command("predict-many")
+def predict_many(
+    manifest: Annotated[Path, typer.Argument(help="The jobs, each an id and its dates: a JSON list of "
+                                                  "{\"id\": ..., \"dates\": [...]}, a CSV with columns id,date1,date2,... "
+                                                  "or a STAC ItemCollection (paired per tile by --pair-rule).")],
+    engine_dir: Annotated[Path, typer.Option("--engine", help="Build directory from build_engine.py (the same path "
+                                                              "on every worker).")],
+    outdir: Annotated[Path, typer.Option("-o", "--output-dir", help="Writes OUTDIR/<id>.tif per job, and "
+                                                                    "OUTDIR/report.json.")],
+    scheduler: Annotated[Optional[str], typer.Option(help="An existing Dask cluster's scheduler (tcp://host:8786); "
+                                                          "default: a local cluster on this machine.")] = None,
+    workers: Annotated[Optional[int], typer.Option(min=1, help="Local cluster: worker processes (default: one per "
+                                                                "core).")] = None,
+    threads: Annotated[Optional[int], typer.Option(min=1, help="Engine threads per worker (default: the host's cores "
+                                                                "shared among its workers' task slots).")] = None,
+    retries: Annotated[int, typer.Option(min=0, help="Further attempts of a failing job before it is reported "
+                                                     "failed.")] = 2,
+    profile: Annotated[Optional[str], typer.Option(help="Expected profile (checked against the build).")] = None,
+    backend: Annotated[str, typer.Option(help=_backend_help())] = "onnxruntime",
+    precision: Annotated[Optional[str], typer.Option(help="One of the backend's precisions (default fp32).")] = None,
+    url: Annotated[Optional[list[str]], typer.Option(help="--backend triton: a server (host:port); repeat it to "
+                                                          "spread the workers over several.")] = None,
+    protocol: Annotated[str, typer.Option(help="--backend triton: http or grpc.")] = "http",
+    pair_rule: Annotated[str, typer.Option(help="STAC ItemCollection: how a tile's items make jobs: "
+                                                "consecutive, or START/END date windows, one per date.")] = "consecutive",
+    tile_property: Annotated[Optional[str], typer.Option(help="STAC ItemCollection: the item property that names "
+                                                              "the tile (default: grid:code, s2:mgrs_tile, mgrs:*, "
+                                                              "landsat:wrs_path/row).")] = None,
+    overlap: Annotated[Optional[int], typer.Option(help="Tile overlap in pixels (default: tile / 4).")] = None,
+    align: Annotated[bool, typer.Option(help="Reproject later dates onto the first date's grid.")] = False,
+    dn_offset: Annotated[Optional[float], typer.Option(help="Added to raw values before scaling (default: the "
+                                                            "profile's).")] = None,
+    mask_quality: Annotated[bool, typer.Option(help="Mask cloud, shadow, saturated and no-data pixels with the "
+                                                    "product's quality band.")] = False,
+) -> None:
+    """Many scenes on a Dask cluster: every job of MANIFEST as `stsun predict` would run it, skipping
+    jobs whose map is already done, retrying failures, with a report. Exit 1 if any job failed."""
+    from stsun.errors import EngineError
+    from stsun.manifest import read_manifest
+    from stsun.many import REPORT_NAME, EngineSpec, RunOptions, predict_many as run
+    from stsun.runtime.engine import BuildDir
+
+    if scheduler and workers:
+        raise typer.BadParameter("--workers sizes the local cluster; with --scheduler the cluster's own workers run")
+    if url and backend != "triton":
+        raise typer.BadParameter("--url is for --backend triton")
+    build = BuildDir(engine_dir)
+    if profile and load_profile(profile).name != build.profile.name:
+        raise EngineError(f"{engine_dir} was built for profile '{build.profile.name}', not '{profile}'")
+    jobs = read_manifest(manifest, build.profile.t_in, outdir / "items", pair_rule, tile_property)
+    for line in jobs.unpaired:
+        errors.print(f"no job for tile {line}", highlight=False, soft_wrap=True)
+    report = run(jobs, EngineSpec(str(engine_dir), backend, precision, tuple(url or ()), protocol), outdir,
+                 RunOptions(scheduler=scheduler, workers=workers, threads=threads, retries=retries, overlap=overlap,
+                            align=align, dn_offset=dn_offset, mask_quality=mask_quality),
+                 log=lambda text: console.print(text, highlight=False, soft_wrap=True))
+    counts = report["counts"]
+    rate = f", {report['scenes_per_hour']:g} scenes/h" if report["scenes_per_hour"] else ""
+    console.print(f"{counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed{rate}; "
+                  f"report: {outdir / REPORT_NAME}", highlight=False, soft_wrap=True)
+    for job in report["jobs"]:
+        if job["status"] == "failed":
+            errors.print(f"[bold red]failed:[/] {job['id']}: {job['error']}", highlight=False, soft_wrap=True)
+    if counts["failed"]:
+        raise typer.Exit(1)
+
+
 @app.command("calibrate-bn")
 def calibrate_bn(
     checkpoint: Annotated[Path, typer.Option(help="Checkpoint to calibrate.")],

@@ -48,5 +48,13 @@ class ServerError(StsunError, RuntimeError):
     """The inference server cannot be started or reached."""
 
 
+class ManifestError(StsunError, ValueError):
+    """A job manifest (``stsun predict-many``) is unreadable or does not fit the profile; the message names the job."""
+
+
+class ClusterError(StsunError, RuntimeError):
+    """The Dask cluster cannot be reached, or its workers cannot load the engine."""
+
+
 __all__ = ["StsunError", "ProfileError", "CheckpointError", "InputError", "DatasetError", "BuildError", "AotError", "EngineError",
-           "SceneError", "ServerError"]
+           "SceneError", "ServerError", "ManifestError", "ClusterError"]

@@ -25,7 +25,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                "stsun.evaluate", "stsun.research_import", "stsun.datasets", "stsun.finetune")),
     ("export", ("stsun.export",)),
     ("runtime", ("stsun.runtime",)),
-    ("top", ("stsun.pipeline", "stsun.cli", "stsun.export.build_engine", "benchmarks")),
+    ("top", ("stsun.pipeline", "stsun.cli", "stsun.export.build_engine", "stsun.manifest", "stsun.many",
+             "benchmarks")),
 ]
 RANK = {name: i for i, (name, _) in enumerate(LAYERS)}
 

@@ -1,0 +1,337 @@
+"""Batch inference over a manifest of scenes on Dask distributed: ``stsun predict-many``.
+
+Each job is one whole scene, run by ``predict_scene`` on a worker, written to ``OUTDIR/<id>.tif``
+(atomically: a temporary file renamed into place) with a record ``OUTDIR/<id>.job.json`` beside
+it. Whole scenes, not row blocks, are the unit of work: a catalogue has far more scenes than a
+cluster has workers, so scene tasks already keep every worker busy, the tail is at most one scene,
+and splitting would need halo rows and a stitching pass over every map.
+
+- Engines: a ``WorkerPlugin`` loads the engine once per worker, with its threads set to the host's
+  cores divided by the task slots of the workers on that host, so workers do not oversubscribe.
+  ``--backend triton`` spreads the workers over one or more servers.
+- Resuming: a job is skipped when its record matches the job (same dates, build, backend,
+  precision and scene options), the map has the size and modification time the record noted, and
+  the map opens as a raster with the profile's band count, data type and profile/task tags.
+  Leftover temporary files of a killed run are removed before the job runs again.
+- Failures: a job that raises is retried on its worker (``retries`` times, waiting a little
+  longer each time), then recorded as failed with its error in one line; the other jobs go on. A
+  job whose worker dies is retried by Dask on another worker up to ``retries`` times.
+- The report ``OUTDIR/report.json`` is rewritten (atomically) as each job finishes.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import os
+import shutil
+import time
+import uuid
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from distributed import WorkerPlugin
+
+from stsun.atomic import atomic_write
+from stsun.classmaps import map_layout
+from stsun.errors import ClusterError, EngineError, StsunError
+from stsun.manifest import Job, Manifest
+from stsun.profiles import Profile
+from stsun.runtime.engine import REPORT_NAME as BUILD_REPORT, BuildDir
+
+REPORT_NAME = "report.json"
+PLUGIN = "stsun-engine"
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """How every worker opens the engine (``load_engine`` arguments)."""
+
+    build_dir: str
+    backend: str = "onnxruntime"
+    precision: str | None = None
+    urls: tuple[str, ...] = ()   # --backend triton: servers, the workers spread over them round-robin
+    protocol: str = "http"
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    scheduler: str | None = None     # an existing cluster's scheduler address; None: a LocalCluster here
+    workers: int | None = None       # LocalCluster workers (default: one per core)
+    threads: int | None = None       # engine threads per worker (default: host cores / task slots on the host)
+    retries: int = 2                 # further attempts of a failing job
+    retry_delay_s: float = 1.0       # wait before attempt n+1: n times this
+    overlap: int | None = None       # the SceneOptions of ``stsun predict``
+    align: bool = False
+    dn_offset: float | None = None
+    mask_quality: bool = False
+    progress: bool = True
+    dashboard_address: str = "127.0.0.1:8787"  # LocalCluster dashboard (a free port is taken if it is in use)
+
+
+def cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def describe(err: BaseException) -> str:
+    """A failure in one line: an expected one by its message, anything else with its type."""
+    if isinstance(err, StsunError):
+        text = str(err)
+    elif isinstance(err, OSError) and err.strerror:
+        text = f"{err.strerror}: {err.filename}" if err.filename else err.strerror
+    else:
+        text = f"{type(err).__name__}: {err}"
+    return " ".join(text.split())[:1000]
+
+
+class EngineLoader(WorkerPlugin):
+    """Loads the engine once per worker. A load failure is kept as ``error`` rather than raised, so
+    the client reports it in one line instead of every worker logging a traceback."""
+
+    def __init__(self, spec: EngineSpec, threads: int | None, slots_per_host: dict[str, int],
+                 url_of_worker: dict[str, str]) -> None:
+        self.spec, self.requested = spec, threads
+        self.slots_per_host, self.url_of_worker = slots_per_host, url_of_worker
+        self.engine, self.error, self.threads, self.url = None, None, 0, None
+
+    def setup(self, worker) -> None:
+        import torch
+        from distributed.comm import get_address_host
+
+        from stsun.runtime import load_engine
+
+        slots = self.slots_per_host.get(get_address_host(worker.address), worker.state.nthreads)
+        self.threads = self.requested or max(1, cores() // slots)
+        torch.set_num_threads(self.threads)  # the torch backends, and torch ops anywhere in the worker
+        spec, options = self.spec, {}
+        if spec.backend == "onnxruntime":
+            options["threads"] = self.threads
+        elif spec.backend == "triton":
+            # workers that joined after the start are spread over the servers by their address
+            self.url = self.url_of_worker.get(worker.address) or (
+                spec.urls[zlib.crc32(worker.address.encode()) % len(spec.urls)] if spec.urls else None)
+            options.update(url=self.url, protocol=spec.protocol)
+        try:
+            self.engine = load_engine(spec.build_dir, backend=spec.backend, precision=spec.precision, **options)
+        except StsunError as err:
+            self.error = str(err)
+
+
+def output_paths(outdir: Path, job_id: str) -> tuple[Path, Path]:
+    """The job's map and its record."""
+    return outdir / f"{job_id}.tif", outdir / f"{job_id}.job.json"
+
+
+def scene_tiles(width: int, height: int, tile: int, overlap: int | None) -> int:
+    from stsun.runtime.scene import tile_starts
+
+    stride = tile - (tile // 4 if overlap is None else overlap)
+    return len(tile_starts(height, tile, stride)) * len(tile_starts(width, tile, stride))
+
+
+def run_job(job: Job, outdir: str, fingerprint: str, options: RunOptions) -> dict:
+    """Runs on a worker: the job's scene with the worker's engine, retried; its report entry."""
+    import rasterio
+    from distributed import get_worker
+
+    from stsun.runtime.scene import SceneOptions, predict_scene
+
+    loader: EngineLoader = get_worker().plugins[PLUGIN]
+    out, record = output_paths(Path(outdir), job.id)
+    scene = SceneOptions(overlap=options.overlap, align=options.align, dn_offset=options.dn_offset,
+                         mask_quality=options.mask_quality, progress=False)
+    start, error, attempt = time.perf_counter(), "", 0
+    for attempt in range(1, options.retries + 2):
+        try:
+            if loader.engine is None:
+                raise EngineError(loader.error or "the engine is not loaded on this worker")
+            predict_scene(loader.engine, list(job.dates), out, scene)
+            profile = loader.engine.profile
+            with rasterio.open(out) as src:
+                width, height = src.width, src.height
+            stat = out.stat()
+            entry = job_entry(job, "done", seconds=time.perf_counter() - start, attempts=attempt, output=str(out),
+                              tiles=scene_tiles(width, height, profile.tile_size, options.overlap),
+                              km2=width * height * (profile.gsd_m / 1000) ** 2)
+            done = {**entry, "fingerprint": fingerprint, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+                    "finished": now()}
+            atomic_write(record, lambda tmp: tmp.write_text(json.dumps(done, indent=1) + "\n"))
+            return entry
+        except Exception as err:  # any failure fails this job only; the message goes to the report
+            error = describe(err)
+            if attempt <= options.retries:
+                time.sleep(options.retry_delay_s * attempt)
+    return job_entry(job, "failed", seconds=time.perf_counter() - start, attempts=attempt, error=error)
+
+
+def job_entry(job: Job, status: str, *, seconds: float = 0.0, attempts: int = 0, tiles: int | None = None,
+              km2: float | None = None, output: str | None = None, error: str | None = None) -> dict:
+    """One job's line of the report: every field present for every status."""
+    return {"id": job.id, "status": status, "seconds": round(seconds, 3), "attempts": attempts, "tiles": tiles,
+            "km2": km2, "output": output, "error": error, "dates": list(job.dates)}
+
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def job_fingerprint(job: Job, build_sha256: str, spec: EngineSpec, options: RunOptions) -> str:
+    """What makes a map this job's: its dates, the build, backend and precision, the scene options.
+    Inputs are identified by their paths, not their contents."""
+    payload = {"dates": job.dates, "build": build_sha256, "backend": spec.backend, "precision": spec.precision,
+               "overlap": options.overlap, "align": options.align, "dn_offset": options.dn_offset,
+               "mask_quality": options.mask_quality}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def finished_output(outdir: Path, job: Job, fingerprint: str, profile: Profile) -> dict | None:
+    """The record of the job's valid map, or None when the job must run (see the module doc)."""
+    import rasterio
+    from rasterio.errors import RasterioError
+
+    out, record = output_paths(outdir, job.id)
+    try:
+        done = json.loads(record.read_text())
+        stat = out.stat()
+    except (OSError, ValueError):
+        return None
+    if not isinstance(done, dict) or done.get("fingerprint") != fingerprint or \
+            (done.get("size"), done.get("mtime_ns")) != (stat.st_size, stat.st_mtime_ns):
+        return None
+    count, dtype, _ = map_layout(profile.task, profile.t_out, profile.c_out)
+    try:
+        with rasterio.open(out) as src:
+            tags = src.tags()
+            valid = (src.count, src.dtypes[0], tags.get("profile"), tags.get("task")) == \
+                (count, dtype, profile.name, profile.task)
+    except RasterioError:
+        return None
+    return done if valid else None
+
+
+def remove_leftovers(outdir: Path, job_id: str) -> None:
+    """Temporary files a killed run left for this job (predict_scene's work directory and
+    temporary map, the record's temporary file)."""
+    for pattern in (f".{job_id}.tif.*", f".{job_id}.job.json.*"):
+        for path in outdir.glob(pattern):
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def connect(options: RunOptions) -> Iterator:
+    """A client of the cluster at ``options.scheduler``, or of a LocalCluster of worker
+    processes (one task slot each) that lives as long as the block."""
+    import dask
+    from distributed import Client, LocalCluster
+
+    if options.scheduler:
+        try:
+            client = Client(options.scheduler, timeout="20s")
+        except (OSError, TimeoutError) as err:
+            raise ClusterError(f"cannot reach the Dask scheduler at {options.scheduler}: {err}") from None
+        with client:
+            yield client
+        return
+    # a worker that dies running a job (killed, out of memory) is retried that many times, then reported
+    with dask.config.set({"distributed.scheduler.allowed-failures": options.retries}), \
+            LocalCluster(n_workers=options.workers or cores(), threads_per_worker=1, processes=True,
+                         dashboard_address=options.dashboard_address) as cluster, Client(cluster) as client:
+        yield client
+
+
+def start_engines(client, spec: EngineSpec, options: RunOptions) -> dict[str, dict]:
+    """Load the engine on every worker; {worker address: {threads, url}}. Raises ClusterError
+    naming the first worker that could not load it."""
+    client.wait_for_workers(1, timeout=120)
+    workers = client.scheduler_info(n_workers=-1)["workers"]
+    slots: dict[str, int] = {}
+    for w in workers.values():
+        slots[w["host"]] = slots.get(w["host"], 0) + w["nthreads"]
+    urls = {a: spec.urls[i % len(spec.urls)] for i, a in enumerate(sorted(workers))} if spec.urls else {}
+    client.register_plugin(EngineLoader(spec, options.threads, slots, urls), name=PLUGIN)
+    state = client.run(lambda dask_worker: {k: getattr(dask_worker.plugins[PLUGIN], k)
+                                            for k in ("error", "threads", "url")})
+    failed = {a: s["error"] for a, s in state.items() if s["error"]}
+    if failed:
+        address, error = sorted(failed.items())[0]
+        raise ClusterError(f"{len(failed)} of {len(state)} worker(s) could not load the engine; {address}: {error}")
+    return {a: {k: s[k] for k in ("threads", "url") if s[k] is not None} for a, s in sorted(state.items())}
+
+
+def predict_many(manifest: Manifest, spec: EngineSpec, outdir: str | Path, options: RunOptions | None = None,
+                 log: Callable[[str], object] = print) -> dict:
+    """Run every job of ``manifest`` that has no valid map yet; the report (also written to
+    ``OUTDIR/report.json``)."""
+    from distributed import as_completed
+    from tqdm import tqdm
+
+    from stsun.runtime.backends import backend as find_backend
+
+    options = options or RunOptions()
+    started, clock = now(), time.perf_counter()
+    outdir = Path(outdir).resolve()
+    build = BuildDir(spec.build_dir)  # a missing or broken build fails here, before any cluster starts
+    if spec.precision is not None and spec.precision not in find_backend(spec.backend).precisions:
+        raise EngineError(f"the {spec.backend} backend runs in {' / '.join(find_backend(spec.backend).precisions)} "
+                          f"only, not {spec.precision}")
+    spec = EngineSpec(**{**asdict(spec), "build_dir": str(Path(spec.build_dir).resolve())})
+    build_sha256 = hashlib.sha256((build.path / BUILD_REPORT).read_bytes()).hexdigest()
+    outdir.mkdir(parents=True, exist_ok=True)
+    manifest.write_items()
+    fingerprints = {job.id: job_fingerprint(job, build_sha256, spec, options) for job in manifest.jobs}
+    entries: dict[str, dict] = {}
+    for job in manifest.jobs:
+        done = finished_output(outdir, job, fingerprints[job.id], build.profile)
+        entries[job.id] = job_entry(job, "pending") if done is None else job_entry(
+            job, "skipped", tiles=done.get("tiles"), km2=done.get("km2"), output=str(output_paths(outdir, job.id)[0]))
+    todo = [job for job in manifest.jobs if entries[job.id]["status"] == "pending"]
+    for job in manifest.jobs:  # no run is in progress in OUTDIR: whatever temporary files are there are garbage
+        remove_leftovers(outdir, job.id)
+    report = {"manifest": str(manifest.source), "engine": spec.build_dir, "profile": build.profile.name,
+              "backend": spec.backend, "precision": spec.precision, "outdir": str(outdir), "retries": options.retries,
+              "started": started, "cluster": None, "startup_seconds": None, "unpaired": manifest.unpaired}
+    write_report(outdir, report, entries, None)
+    log(f"{len(manifest.jobs)} jobs: {len(manifest.jobs) - len(todo)} already done, {len(todo)} to run")
+    ready = end = None
+    if todo:
+        with connect(options) as client:
+            log(f"dashboard: {client.dashboard_link}")
+            workers = start_engines(client, spec, options)
+            report["cluster"] = {"scheduler": client.scheduler.address, "dashboard": client.dashboard_link,
+                                 "workers": workers}
+            log(f"{len(workers)} worker(s) loaded the engine: " + ", ".join(
+                f"{w['threads']} thread(s)" + (f" -> {w['url']}" if "url" in w else "") for w in workers.values()))
+            ready = time.perf_counter()
+            report["startup_seconds"] = round(ready - clock, 3)  # reading outputs, cluster start, engine loads
+            futures = {client.submit(run_job, job, str(outdir), fingerprints[job.id], options, pure=False,
+                                     key=f"predict-{job.id}-{uuid.uuid4().hex[:8]}"): job for job in todo}
+            with tqdm(total=len(futures), desc="jobs", unit="scene", disable=not options.progress) as bar:
+                for future in as_completed(futures):
+                    job = futures[future]
+                    try:
+                        entries[job.id] = future.result()
+                    except Exception as err:  # the worker died (KilledWorker) or the job was cancelled
+                        entries[job.id] = job_entry(job, "failed", error=describe(err))
+                    bar.update()
+                    write_report(outdir, report, entries, ready)
+            end = time.perf_counter()  # before the cluster shuts down
+    return write_report(outdir, report, entries, ready, end)
+
+
+def write_report(outdir: Path, report: dict, entries: dict[str, dict], ready: float | None,
+                 end: float | None = None) -> dict:
+    """``report`` with the jobs, counts and rates so far, written to ``OUTDIR/report.json``. The
+    rates are over the jobs phase: from ``ready`` (the engines loaded) to ``end`` (default: now)."""
+    jobs = list(entries.values())
+    counts = {s: sum(j["status"] == s for j in jobs) for s in ("done", "skipped", "failed", "pending")}
+    seconds = (end or time.perf_counter()) - ready if ready else 0.0
+    done = [j for j in jobs if j["status"] == "done"]
+    rate = 3600 / seconds if done and seconds else None
+    report.update(seconds=round(seconds, 3), counts=counts,
+                  scenes_per_hour=round(len(done) * rate, 2) if rate else None,
+                  km2_per_hour=round(sum(j["km2"] for j in done) * rate, 1) if rate else None, jobs=jobs)
+    atomic_write(outdir / REPORT_NAME, lambda tmp: tmp.write_text(json.dumps(report, indent=2) + "\n"))
+    return report
