@@ -12,10 +12,10 @@ and splitting would need halo rows and a stitching pass over every map.
 - Resuming: a job is skipped when its record matches the job (same dates, build, backend,
   precision and scene options), the map has the size and modification time the record noted, and
   the map opens as a raster with the profile's band count, data type and profile/task tags.
-  Leftover temporary files of a killed run are removed before the job runs again.
+  A run starts by removing the temporary files a killed run left (one run per OUTDIR at a time).
 - Failures: a job that raises is retried on its worker (``retries`` times, waiting a little
   longer each time), then recorded as failed with its error in one line; the other jobs go on. A
-  job whose worker dies is retried by Dask on another worker up to ``retries`` times.
+  job whose worker dies is rescheduled by Dask, on a local cluster up to ``retries`` times.
 - The report ``OUTDIR/report.json`` is rewritten (atomically) as each job finishes.
 """
 from __future__ import annotations
@@ -30,7 +30,7 @@ import time
 import uuid
 import zlib
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from distributed import WorkerPlugin
@@ -274,10 +274,10 @@ def predict_many(manifest: Manifest, spec: EngineSpec, outdir: str | Path, optio
     started, clock = now(), time.perf_counter()
     outdir = Path(outdir).resolve()
     build = BuildDir(spec.build_dir)  # a missing or broken build fails here, before any cluster starts
-    if spec.precision is not None and spec.precision not in find_backend(spec.backend).precisions:
-        raise EngineError(f"the {spec.backend} backend runs in {' / '.join(find_backend(spec.backend).precisions)} "
-                          f"only, not {spec.precision}")
-    spec = EngineSpec(**{**asdict(spec), "build_dir": str(Path(spec.build_dir).resolve())})
+    precisions = find_backend(spec.backend).precisions
+    if spec.precision is not None and spec.precision not in precisions:
+        raise EngineError(f"the {spec.backend} backend runs in {' / '.join(precisions)} only, not {spec.precision}")
+    spec = replace(spec, build_dir=str(Path(spec.build_dir).resolve()))
     build_sha256 = hashlib.sha256((build.path / BUILD_REPORT).read_bytes()).hexdigest()
     outdir.mkdir(parents=True, exist_ok=True)
     manifest.write_items()

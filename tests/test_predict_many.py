@@ -286,3 +286,20 @@ def test_cli_refuses_a_bad_manifest_before_any_cluster_starts(build, tmp_path):
                                    "-o", str(tmp_path / "out")])
     assert res.exit_code == 2 and "error: " in res.output and "job id 'a' appears more than once" in res.output
     assert time.perf_counter() - start < 5 and not (tmp_path / "out").exists()
+
+
+def test_scaling_benchmark_writes_its_figure(build, tmp_path):
+    """benchmarks/many.py: every configuration's rate, the efficiency from them, the command, a plot."""
+    n = len(os.sched_getaffinity(0))
+    out = tmp_path / "many.json"
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "many.py"
+    res = subprocess.run([sys.executable, str(script), "--scenes", "2", "--size", "256", "--configs", f"1x1,{n}x1",
+                          "--build-dir", str(build), "--work", str(tmp_path / "work"), "--out", str(out)],
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert res.returncode == 0, res.stdout + res.stderr
+    result = json.loads(out.read_text())
+    rates = {(r["workers"], r["threads"]): r["scenes_per_hour"] for r in result["records"]}
+    assert set(rates) == {(1, 1), (n, 1)} and all(r["seconds"] > 0 for r in result["records"])
+    assert result["scaling_efficiency"] == pytest.approx(rates[(n, 1)] / (n * rates[(1, 1)]))
+    assert result["quiet"] is False and result["scenes"] == 2 and f"command: {result['command']}" in res.stdout
+    assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
