@@ -29,9 +29,6 @@ _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 # Tile id properties, tried in order (Sentinel-2 and Landsat items of the common catalogues).
 TILE_PROPERTIES = (("grid:code",), ("s2:mgrs_tile",), ("mgrs:utm_zone", "mgrs:latitude_band", "mgrs:grid_square"),
                    ("landsat:wrs_path", "landsat:wrs_row"))
-PAIR_RULE_HELP = ("consecutive (every T_in consecutive acquisition days of a tile) or one START/END date window "
-                  "per date, comma-separated (2023-06-01/2023-08-31,2024-06-01/2024-08-31: the least cloudy "
-                  "item of each window)")
 
 
 @dataclass(frozen=True)

@@ -117,7 +117,7 @@ def test_capability_tables_agree():
     assert BACKENDS["eager"].unavailable_reason() is None
 
 
-@pytest.mark.parametrize("command", [["predict", "--help"]])
+@pytest.mark.parametrize("command", [["predict", "--help"], ["predict-many", "--help"]])
 def test_cli_help_lists_every_backend(command):
     from stsun.cli import app
     from stsun.runtime.backends import BACKENDS
