@@ -134,7 +134,8 @@ def main(
         "command": command, "profile": prof.name, "backend": "onnxruntime", "scenes": scene_count, "size": size,
         "km2_per_scene": km2, "cores": n, "reps": reps, "quiet": quiet_machine,
         "machine_note": "nothing else ran meanwhile" if quiet_machine else
-        "NOT quiet: other jobs shared the machine, so these timings are indicative only; re-run with --quiet-machine",
+        "NOT quiet: other jobs may have shared the machine (see the load averages), so these timings are indicative "
+        "only; re-run on an idle machine with --quiet-machine",
         "load_average_before": load_before, "load_average_after": os.getloadavg(),
         "scaling_efficiency": rate[(n, 1)] / (n * rate[(1, 1)]) if (n, 1) in rate and (1, 1) in rate else None,
         "workers_vs_threads": rate[(n, 1)] / rate[(1, n)] if (n, 1) in rate and (1, n) in rate else None,
