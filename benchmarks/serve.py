@@ -29,11 +29,14 @@ import numpy as np
 import typer
 
 PA_LIBS = {"libb64.so.0d": "libb64-*.so.0d", "libcudart.so.12": "libcudart-*.so.12*"}
-TUNING = {  # name -> changes to ServingConfig, each measured against the default
-    "default (1 instance, all threads, 2 ms batching delay)": {},
-    "2 instances x 1 thread": {"instances": 2, "intra_op_threads": 1},
-    "1 instance, no batching delay": {"max_queue_delay_us": 0},
-    "1 instance, 20 ms batching delay": {"max_queue_delay_us": 20000},
+CORES = os.cpu_count() or 1
+TUNING = {  # name -> a ServingConfig; the fastest at concurrency 8 runs the sweep
+    f"1 instance x {CORES} threads, 2 ms batching delay": {"instances": 1, "intra_op_threads": CORES},
+    f"2 instances x {max(1, CORES // 2)} threads": {"instances": 2, "intra_op_threads": max(1, CORES // 2)},
+    f"1 instance x {CORES} threads, no batching delay": {"instances": 1, "intra_op_threads": CORES,
+                                                       "max_queue_delay_us": 0},
+    f"1 instance x {CORES} threads, 20 ms batching delay": {"instances": 1, "intra_op_threads": CORES,
+                                                          "max_queue_delay_us": 20000},
 }
 
 

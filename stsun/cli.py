@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import textwrap
 from pathlib import Path
 from typing import Annotated, Optional
@@ -31,7 +32,6 @@ class _OneLineErrors:
     one line on stderr and exit 2; anything else is a bug and keeps its traceback."""
 
     def invoke(self, ctx):
-        import os
         import signal
 
         if threading_main():
@@ -42,6 +42,7 @@ class _OneLineErrors:
             if os.environ.get(DEBUG_ENV):
                 raise
             message = str(err) if isinstance(err, StsunError) else f"{err.strerror or err}: {err.filename or ''}".rstrip(": ")
+            message = message or type(err).__name__  # some OSErrors (a timeout) carry no text
             errors.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
@@ -72,8 +73,6 @@ def main() -> None:
 def _root(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for expected failures too.")] = False) -> None:
     """STSUN deployment runtime: profiles, export, inference, serving."""
     if debug:
-        import os
-
         os.environ[DEBUG_ENV] = "1"
 
 
@@ -410,11 +409,18 @@ def triton_repo(
     build_dir: Annotated[Path, typer.Argument(help="Build directory from build_engine.py.")],
     repo: Annotated[Path, typer.Option(help="Model repository to write into.")] = Path("triton_repo"),
     precision: Annotated[str, typer.Option(help="Which ONNX artifact the models serve.")] = "fp32",
+    instances: Annotated[int, typer.Option(min=1, help="Model instances per model.")] = 2,
+    intra_op_threads: Annotated[Optional[int], typer.Option(
+        min=0, help="onnxruntime threads per instance (default: this machine's cores / instances).")] = None,
+    max_queue_size: Annotated[int, typer.Option(min=1, help="Requests waiting per model; more are rejected.")] = 32,
+    queue_timeout: Annotated[float, typer.Option(help="Seconds a request may wait; longer ones are rejected.")] = 10.0,
 ) -> None:
     """Write this build's Triton models (python, onnxruntime_onnx, tensorrt_plan flavours)."""
-    from stsun.runtime.serving.repository import write_triton_repo
+    from stsun.runtime.serving.repository import ServingConfig, write_triton_repo
 
-    names = write_triton_repo(build_dir, repo, precision)
+    threads = intra_op_threads if intra_op_threads is not None else max(1, (os.cpu_count() or 1) // instances)
+    names = write_triton_repo(build_dir, repo, precision, ServingConfig(
+        instances=instances, intra_op_threads=threads, max_queue_size=max_queue_size, queue_timeout_s=queue_timeout))
     console.print(f"wrote {', '.join(names)} into {repo}")
 
 

@@ -86,11 +86,12 @@ class Serve:
         return pid
 
     def stubs(self):
+        """model instance name -> pid of its python-backend stub."""
         found = {}
         for c in children(self.tritonserver):
             argv = Path(f"/proc/{c}/cmdline").read_bytes().split(b"\0")
             if len(argv) > 8:
-                found[argv[8].decode().rsplit("_", 2)[0]] = c
+                found[argv[8].decode()] = c
         return found
 
     def stop(self):
@@ -298,7 +299,9 @@ def test_a_crashed_model_process_is_healed(served, local):
         t.start()
     time.sleep(1.0)
     killed = time.monotonic()
-    os.kill(served.stubs()[MODEL], signal.SIGKILL)
+    stubs = served.stubs()
+    assert {f"{MODEL}_0_0", f"{MODEL}_0_1"} <= set(stubs)  # two instances; one of them dies
+    os.kill(stubs[f"{MODEL}_0_1"], signal.SIGKILL)
     seen_down = back = None
     while time.monotonic() - killed < 40 and back is None:
         ready = http(served.http, f"/v2/models/{MODEL}/ready", timeout=5)[0] == 200
@@ -319,6 +322,7 @@ def test_a_crashed_model_process_is_healed(served, local):
     failed = [(s, took) for t, s, took, _ in results if s != 200]
     assert all(500 <= s < 600 and took < 5 for s, took in failed), failed
     assert "died; reloading" in served.output() and "serving again" in served.output()
+    assert len(served.stubs()) == len(stubs)
 
 
 def test_a_taken_port_is_an_error(build, tmp_path):

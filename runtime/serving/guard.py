@@ -151,7 +151,7 @@ class Guard:
             # bytes pass as sent, and compressed only when the client itself asked for it
             self._session = ClientSession(timeout=ClientTimeout(total=None), auto_decompress=False,
                                           skip_auto_headers=("Accept-Encoding", "User-Agent"))
-            self._runner = web.AppRunner(app, access_log=None)
+            self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)  # drained before stop()
             await self._runner.setup()
             await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
 
@@ -181,7 +181,11 @@ class Guard:
             await self._runner.cleanup()
             await self._session.close()
 
-        asyncio.run_coroutine_threadsafe(teardown(), self._loop).result(10)
+        done = asyncio.run_coroutine_threadsafe(teardown(), self._loop)
+        try:
+            done.result(15)
+        except TimeoutError:  # a client that keeps its connection open does not hold up the stop
+            done.cancel()
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
         self._loop.close()

@@ -218,7 +218,7 @@ class TritonServer:
             self._call("POST", f"/v2/repository/models/{m}/unload")
 
     def stubs(self) -> dict[int, str]:
-        """pid -> model name of the live python-backend stub processes."""
+        """pid -> model instance name (``<model>_<group>_<index>``) of the live python-backend stubs."""
         if self.proc is None or self.proc.poll() is not None:
             return {}
         try:
@@ -233,7 +233,7 @@ class TritonServer:
                 continue
             # argv: stub, model.py, shm region, sizes, parent pid, lib dir, ipc handle, instance, ...
             if argv[0].endswith(b"triton_python_backend_stub") and len(argv) > 8 and pid_alive(pid):
-                found[pid] = re.sub(r"_\d+_\d+$", "", argv[8].decode())
+                found[pid] = argv[8].decode()
         return found
 
     def stop(self, timeout: float | None = None) -> None:
@@ -256,6 +256,10 @@ class TritonServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def model_of(instance: str) -> str:
+    return re.sub(r"_\d+_\d+$", "", instance)
 
 
 def tritonserver_available() -> str | None:

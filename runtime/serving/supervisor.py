@@ -21,7 +21,7 @@ from typing import Callable
 from stsun.errors import ServerError
 
 from .guard import Guard, ModelLimits
-from .server import TritonServer, check_port_free, free_port
+from .server import TritonServer, check_port_free, free_port, model_of
 
 JSON_OVERHEAD = 8  # a JSON-encoded float takes up to ~8x its 4 binary bytes ("-0.12345678,")
 
@@ -50,6 +50,7 @@ class Supervisor:
         self._lock = threading.Lock()
         self._restarts = 0
         self._internal_http = 0
+        self._instances: set[str] = set()  # model instances whose stub processes must be alive
         self.server: TritonServer | None = None
         self.guard: Guard | None = None
         self._watcher: threading.Thread | None = None
@@ -68,6 +69,7 @@ class Supervisor:
         check_port_free(o.http_port, "http")
         self._internal_http = free_port()
         self.server = self._new_server()
+        self._instances = set(self.server.stubs().values())
         try:
             limits = {m: ModelLimits.from_config(self.server.model_config(m)) for m in self.server.models}
             biggest = max(lim.max_binary_bytes() for lim in limits.values())
@@ -115,19 +117,21 @@ class Supervisor:
                         f"{self.options.restarts})")
             server.stop()
             self.server = self._new_server()
+            self._instances = set(self.server.stubs().values())
             self._event("tritonserver is serving again")
             return
-        alive = set(server.stubs().values())
-        for model in server.models:
-            if model not in alive:
-                t0 = time.monotonic()
-                self._event(f"the backend process of model '{model}' died; reloading the model")
-                self.guard.healing.add(model)
-                try:
-                    server.reload(model)
-                finally:
-                    self.guard.healing.discard(model)
-                self._event(f"model '{model}' is serving again after {time.monotonic() - t0:.1f} s")
+        missing = self._instances - set(server.stubs().values())
+        for model in sorted({model_of(i) for i in missing}):
+            t0 = time.monotonic()
+            self._event(f"a backend process of model '{model}' died; reloading the model")
+            self.guard.healing.add(model)
+            try:
+                server.reload(model)
+            finally:
+                self.guard.healing.discard(model)
+            self._event(f"model '{model}' is serving again after {time.monotonic() - t0:.1f} s")
+        if missing:
+            self._instances = set(server.stubs().values())
 
     def stop(self) -> int:
         """Drain and stop; returns how many HTTP inference requests were still in flight at the
