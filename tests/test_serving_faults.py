@@ -154,6 +154,18 @@ def test_oversized_declared_shapes_are_refused_before_allocation(served, local):
     np.testing.assert_allclose(got, local(x), rtol=0, atol=1e-5)
 
 
+def test_a_binary_request_without_content_type_does_not_crash_the_server(served, local):
+    """Sent straight to tritonserver 2.51, one binary-tensor request without a Content-Type (urllib
+    then says form-urlencoded) is a segfault; through `stsun serve` it is answered."""
+    x, _ = synthetic_tiles(local.profile, 1, seed=10)
+    body, headers = infer_body(x)
+    del headers["Content-Type"]
+    triton = served.tritonserver
+    got = logits_of(http(served.http, f"/v2/models/{MODEL}/infer", body, headers), 1)
+    np.testing.assert_allclose(got, local(x), rtol=0, atol=1e-5)
+    assert served.tritonserver == triton and "exited" not in served.output()  # the same process, never restarted
+
+
 def test_client_errors_are_4xx_while_good_traffic_stays_correct(served, local):
     import tritonclient.grpc as grpcclient
     from tritonclient.utils import InferenceServerException
@@ -275,9 +287,10 @@ def test_cancelled_grpc_requests_are_not_computed(served, local):
         time.sleep(0.1)
     after = stats()
     cancelled = [e for _, e in done if e is not None]
-    assert len(done) == 6 and len(cancelled) >= 4, done
+    assert len(done) == 6 and len(cancelled) >= 3, done
     assert all("CANCELLED" in str(e.status()) for e in cancelled), cancelled
-    assert after.success.count - before.success.count <= 2  # the one sent first, at most one more
+    # two instances start the first two at once; a third may already sit in the next batch
+    assert after.success.count - before.success.count <= 3
 
 
 def test_a_crashed_model_process_is_healed(served, local):

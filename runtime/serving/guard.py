@@ -5,7 +5,10 @@ declared shape asks for before checking it against the model: a 90-byte request 
 [100000, 2, 10, 256, 256] aborts the server with ``std::bad_alloc``. (Its gRPC endpoint checks the
 batch size first and is not affected.) The guard answers such requests itself with HTTP 400 and a
 reason: a body over the size limit (413), an unknown input name, a wrong datatype, a batch outside
-1..max_batch_size, dimensions other than the model's. Everything else is passed through unchanged.
+1..max_batch_size, dimensions other than the model's. It also labels every inference body upstream
+as what it is (binary tensors or JSON): Triton 2.51 segfaults on a binary-tensor request sent as
+``application/x-www-form-urlencoded``, which ``curl -d`` and Python's urllib send by default.
+Everything else is passed through unchanged.
 While draining (shutdown) it refuses new inference requests and reports not-ready with 503.
 """
 from __future__ import annotations
@@ -116,8 +119,13 @@ class Guard:
             problem = self._check(infer.group(1), limits, request, body)
             if problem:
                 return _error(400, problem)
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
+        if infer:  # Triton 2.51 segfaults on a binary-tensor body labelled form-urlencoded (urllib's and
+            # curl -d's default): upstream, a body is labelled as what it is
+            headers = {k: v for k, v in headers.items() if k.lower() != "content-type"}
+            binary = "Inference-Header-Content-Length" in request.headers
+            headers["Content-Type"] = "application/octet-stream" if binary else "application/json"
         try:
-            headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
             async with self._session.request(request.method, f"http://{self.upstream}{request.rel_url}",
                                              headers=headers, data=body) as up:
                 payload = await up.read()

@@ -166,7 +166,9 @@ class TritonServer:
                "--cuda-memory-pool-byte-size=0:0", "--allow-gpu-metrics=false",
                f"--exit-timeout-secs={self.exit_timeout_s}"]
         self.log.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log, "w") as out:
+        with open(self.log, "a") as out:  # appended: a restart keeps what the crash before it wrote
+            out.write(f"--- stsun: starting tritonserver {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+            out.flush()
             # a session of its own: a terminal's Ctrl-C reaches only us, and we stop it in order
             self.proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
                                          preexec_fn=_die_with_parent)
