@@ -22,7 +22,7 @@ from stsun.pipeline import build_artifacts
 from stsun.errors import InputError
 from stsun.runtime import load_engine
 from stsun.runtime.serving.repository import write_triton_repo
-from stsun.runtime.serving.server import SHM_DIR, SHM_PREFIX, remove_stale_shm, tritonserver_available
+from stsun.runtime.serving.server import SHM_DIR, SHM_PREFIX, child_pids, remove_stale_shm, tritonserver_available
 from stsun.synthetic import synthetic_tiles
 
 pytestmark = [pytest.mark.own_process,  # starts servers on loopback ports
@@ -45,13 +45,6 @@ def http(port, path, body=None, headers=None, timeout=60):
         return status, json.loads(data)
     except ValueError:
         return status, data
-
-
-def children(pid):
-    try:
-        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
 
 
 class Serve:
@@ -82,13 +75,13 @@ class Serve:
 
     @property
     def tritonserver(self):
-        (pid,) = [c for c in children(self.proc.pid) if b"tritonserver" in Path(f"/proc/{c}/cmdline").read_bytes()]
+        (pid,) = [c for c in child_pids(self.proc.pid) if b"tritonserver" in Path(f"/proc/{c}/cmdline").read_bytes()]
         return pid
 
     def stubs(self):
         """model instance name -> pid of its python-backend stub."""
         found = {}
-        for c in children(self.tritonserver):
+        for c in child_pids(self.tritonserver):
             argv = Path(f"/proc/{c}/cmdline").read_bytes().split(b"\0")
             if len(argv) > 8:
                 found[argv[8].decode()] = c
@@ -336,6 +329,28 @@ def test_a_crashed_model_process_is_healed(served, local):
     assert all(500 <= s < 600 and took < 5 for s, took in failed), failed
     assert "died; reloading" in served.output() and "serving again" in served.output()
     assert len(served.stubs()) == len(stubs)
+
+
+def test_a_dead_tritonserver_is_restarted(build, local, tmp_path):
+    """tritonserver itself killed (SIGKILL): `stsun serve` starts a new one on the same ports and
+    serves correct results again; readiness is 503 in between."""
+    server = Serve(build / "repo", tmp_path).wait_ready()
+    try:
+        x, _ = synthetic_tiles(local.profile, 1, seed=11)
+        old = server.tritonserver
+        os.kill(old, signal.SIGKILL)
+        killed = time.monotonic()
+        assert http(server.http, "/v2/health/ready", timeout=5)[0] == 503
+        while time.monotonic() - killed < 60 and http(server.http, "/v2/health/ready", timeout=5)[0] != 200:
+            time.sleep(0.2)
+        assert time.monotonic() - killed < 30, server.output()
+        assert server.tritonserver != old and "restarting it (1 of 3)" in server.output()
+        got = logits_of(http(server.http, f"/v2/models/{MODEL}/infer", *infer_body(x)), 1)
+        np.testing.assert_allclose(got, local(x), rtol=0, atol=1e-5)
+    finally:
+        server.stop()
+    assert server.proc.returncode == 0, server.output()
+    assert not list(SHM_DIR.glob(f"{SHM_PREFIX}{server.proc.pid}_*"))  # the killed server's regions too
 
 
 def test_a_taken_port_is_an_error(build, tmp_path):

@@ -80,6 +80,17 @@ def pid_alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
+def child_pids(pid: int) -> list[int]:
+    """Children of every thread of ``pid`` (/proc lists a child under the thread that forked it)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:  # the thread ended meanwhile
+            pass
+    return found
+
+
 def remove_stale_shm() -> list[str]:
     """Shared-memory regions left by servers whose owner died (SIGKILL leaves no one to clean)."""
     removed = []
@@ -223,12 +234,8 @@ class TritonServer:
         """pid -> model instance name (``<model>_<group>_<index>``) of the live python-backend stubs."""
         if self.proc is None or self.proc.poll() is not None:
             return {}
-        try:
-            children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
-        except OSError:
-            return {}
         found = {}
-        for pid in map(int, children):
+        for pid in child_pids(self.proc.pid):
             try:
                 argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
             except OSError:
