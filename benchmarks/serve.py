@@ -75,8 +75,9 @@ def measure(pa: tuple[str, dict], model: str, url: str, data: Path, concurrency:
         cmd = [binary, "-m", model, "-u", url, "-i", "http", "--input-data", str(data),
                "--concurrency-range", str(concurrency), "--measurement-interval", str(interval),
                "-s", "50", "-r", "4", "-f", str(csv_path), "--verbose-csv"]
+        csv_path.unlink(missing_ok=True)  # never read an earlier run's numbers
         run = subprocess.run(cmd, env=env, capture_output=True, text=True)
-        if csv_path.is_file():
+        if run.returncode == 0 and csv_path.is_file():
             break
     else:
         raise RuntimeError(f"perf_analyzer failed ({run.returncode}): {run.stderr.strip() or run.stdout[-500:]}")

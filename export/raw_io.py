@@ -17,6 +17,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from stsun.atomic import atomic_write
 from stsun.classmaps import map_layout
+from stsun.errors import BuildError
 from stsun.graph_io import CLASSES_OUTPUT_NAME, DN_INPUT_NAME, INPUT_NAME, OUTPUT_NAME
 from stsun.profiles import Profile
 
@@ -47,6 +48,9 @@ def add_raw_io(src: str | Path, dst: str | Path, profile: Profile, dn_offset: fl
     """Write ``dst``: ``src`` (float input ``x``, output ``logits``) with input ``dn`` (raw
     digital numbers) and outputs ``classes`` and ``logits``."""
     model = onnx.load(str(src))
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < 18:  # ReduceMax takes its axes as an input from opset 18 on
+        raise BuildError(f"{src} has opset {opset}; the DN graph needs 18 or later (re-export it)")
     g = model.graph
     (old_input,) = [i for i in g.input if i.name == INPUT_NAME]
     batch_dim = old_input.type.tensor_type.shape.dim[0]

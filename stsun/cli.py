@@ -418,9 +418,9 @@ def triton_repo(
     """Write this build's Triton models (python, onnxruntime_onnx, tensorrt_plan flavours)."""
     from stsun.runtime.serving.repository import ServingConfig, write_triton_repo
 
-    threads = intra_op_threads if intra_op_threads is not None else max(1, (os.cpu_count() or 1) // instances)
     names = write_triton_repo(build_dir, repo, precision, ServingConfig(
-        instances=instances, intra_op_threads=threads, max_queue_size=max_queue_size, queue_timeout_s=queue_timeout))
+        instances=instances, intra_op_threads=intra_op_threads, max_queue_size=max_queue_size,
+        queue_timeout_s=queue_timeout))
     console.print(f"wrote {', '.join(names)} into {repo}")
 
 

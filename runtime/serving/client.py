@@ -40,7 +40,13 @@ class TritonEngine(Engine):
             raise EngineError(f"no Triton server reachable at {url} ({protocol}): {err}") from None
         if not ready:
             raise EngineError(f"model '{self.model}' is not ready on the Triton server at {url}")
-        self.serves_raw = self.client.is_model_ready(f"{self.model}-dn")
+        # the DN model beside this one: <profile>-dn, or <profile>-dn-onnx beside <profile>-onnx
+        base, flavour = (self.model[:-5], "-onnx") if self.model.endswith("-onnx") else (self.model, "")
+        self.dn_model = f"{base}-dn{flavour}"
+        try:
+            self.serves_raw = self.client.is_model_ready(self.dn_model)
+        except self._error:
+            self.serves_raw = False
 
     @classmethod
     def open(cls, build: BuildDir, precision: str = "fp32", **options) -> "TritonEngine":
@@ -65,15 +71,13 @@ class TritonEngine(Engine):
         return self._infer(self.model, *self._request(x)).as_numpy(OUTPUT_NAME)
 
     def maps(self, dn: np.ndarray, with_logits: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
-        """As ``Engine.maps``, computed by the server's DN model (``<model>-dn``): raw digital
+        """As ``Engine.maps``, computed by the server's DN model (``dn_model``): raw digital
         numbers travel (half the bytes of float32) and uint8 maps come back (1/24 of the logits)."""
         p = self.profile
         if not isinstance(dn, np.ndarray) or dn.dtype != np.dtype(p.scaling.dtype):
             return super().maps(dn, with_logits)  # the local check words the error
         wanted = (CLASSES_OUTPUT_NAME, OUTPUT_NAME) if with_logits else (CLASSES_OUTPUT_NAME,)
-        parts = [self._infer(f"{self.model}-dn", *self._request(np.ascontiguousarray(dn[i:i + self.max_batch]),
-                                                              DN_INPUT_NAME, wanted))
-                 for i in range(0, len(dn), self.max_batch)]
+        parts = [self._infer(self.dn_model, *self._request(b, DN_INPUT_NAME, wanted)) for b in self._split(dn)]
         bands = np.concatenate([r.as_numpy(CLASSES_OUTPUT_NAME) for r in parts])
         return (bands, np.concatenate([r.as_numpy(OUTPUT_NAME) for r in parts])) if with_logits else bands
 
@@ -87,9 +91,12 @@ class TritonEngine(Engine):
         """As ``run_many`` for raw digital numbers, on the DN model: half the request bytes."""
         if not self.serves_raw:
             return super().run_many_raw(batches)
-        step = self.max_batch or max(len(b) for b in batches)
-        parts = [[np.ascontiguousarray(b[i:i + step]) for i in range(0, len(b), step)] for b in batches]
-        return self._in_flight(f"{self.model}-dn", DN_INPUT_NAME, [q for ps in parts for q in ps], [len(ps) for ps in parts])
+        parts = [self._split(b) for b in batches]
+        return self._in_flight(self.dn_model, DN_INPUT_NAME, [q for ps in parts for q in ps], [len(ps) for ps in parts])
+
+    def _split(self, dn: np.ndarray) -> list[np.ndarray]:
+        step = self.max_batch or len(dn)
+        return [np.ascontiguousarray(dn[i:i + step]) for i in range(0, len(dn), step)]
 
     def _in_flight(self, model: str, input_name: str, requests: list[np.ndarray], per_batch: list[int]) -> list[np.ndarray]:
         futures = []

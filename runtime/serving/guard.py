@@ -19,7 +19,7 @@ import re
 import threading
 from dataclasses import dataclass
 
-from aiohttp import ClientSession, ClientTimeout, web
+from aiohttp import ClientError, ClientSession, ClientTimeout, web
 
 from stsun.errors import ServerError
 
@@ -88,7 +88,9 @@ class Guard:
     def __init__(self, upstream: str, limits: dict[str, ModelLimits], port: int, max_body_bytes: int) -> None:
         self.upstream, self.limits, self.port, self.max_body = upstream, limits, port, max_body_bytes
         self.draining = False
-        self.healing: set[str] = set()  # models being reloaded by the supervisor: not ready, no inference
+        # models being reloaded by the supervisor (not ready, no inference): replaced, never mutated,
+        # by the supervisor's thread, so this loop always reads a whole set
+        self.healing: frozenset[str] = frozenset()
         self.in_flight = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -97,11 +99,12 @@ class Guard:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         match = INFER.match(request.path)
-        if self.draining and (match or request.path.startswith("/v2/health/ready")):
+        if self.draining and (match or MODEL_READY.match(request.path) or request.path.startswith("/v2/health/ready")):
             return _error(503, "the server is shutting down; send this request to another replica")
+        healing = self.healing
         asked = (match or MODEL_READY.match(request.path))
-        if (asked and asked.group(1) in self.healing) or (self.healing and request.path == "/v2/health/ready"):
-            return _error(503, f"model {'/'.join(sorted(self.healing))} is being reloaded after its process died; "
+        if (asked and asked.group(1) in healing) or (healing and request.path == "/v2/health/ready"):
+            return _error(503, f"model {'/'.join(sorted(healing))} is being reloaded after its process died; "
                                f"retry in a few seconds")
         infer = bool(match) and request.method == "POST"
         self.in_flight += infer  # counted from arrival: a drain waits for requests still uploading
@@ -111,15 +114,22 @@ class Guard:
             self.in_flight -= infer
 
     async def _forward(self, request: web.Request, infer: re.Match | None) -> web.StreamResponse:
+        if (request.content_length or 0) > self.max_body:  # refused before a byte of it is read
+            return _error(413, f"the request body ({request.content_length} bytes) is over the limit of "
+                               f"{self.max_body} bytes (stsun serve --max-request-mb)")
         try:
             body = await request.read()
         except ConnectionResetError:  # the client went away mid-body
             return _error(400, "the request body was cut off")
         if infer and (limits := self.limits.get(infer.group(1))) is not None:
-            problem = self._check(infer.group(1), limits, request, body)
+            check = (infer.group(1), limits, request.headers.get("Inference-Header-Content-Length"), body)
+            # a large JSON body takes a while to parse: off the loop, so health probes are answered
+            problem = (self._check(*check) if len(body) < 2**20
+                       else await asyncio.get_running_loop().run_in_executor(None, self._check, *check))
             if problem:
                 return _error(400, problem)
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
+        # the body was read decompressed: forwarded as it now is
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP | {"content-encoding"}}
         if infer:  # Triton 2.51 segfaults on a binary-tensor body labelled form-urlencoded (urllib's and
             # curl -d's default): upstream, a body is labelled as what it is
             headers = {k: v for k, v in headers.items() if k.lower() != "content-type"}
@@ -131,16 +141,20 @@ class Guard:
                 payload = await up.read()
                 out = {k: v for k, v in up.headers.items() if k.lower() not in HOP_BY_HOP}
                 return web.Response(status=up.status, body=payload, headers=out)
-        except OSError as err:
-            return _error(503, f"the inference server is not reachable ({err}); it may be restarting")
+        except (ClientError, OSError, asyncio.TimeoutError) as err:
+            return _error(503, f"the inference server is not reachable ({err!r}); it may be restarting")
 
     @staticmethod
-    def _check(model: str, limits: ModelLimits, request: web.Request, body: bytes) -> str | None:
-        header_len = request.headers.get("Inference-Header-Content-Length")
+    def _check(model: str, limits: ModelLimits, header_len: str | None, body: bytes) -> str | None:
+        if header_len is None:
+            n = len(body)
+            if not n:
+                return "the request has no body"
+        elif not header_len.isdigit() or not 0 < int(header_len) <= len(body):
+            return f"Inference-Header-Content-Length {header_len!r} does not fit the {len(body)}-byte body"
+        else:
+            n = int(header_len)
         try:
-            n = int(header_len) if header_len is not None else len(body)
-            if not 0 < n <= len(body):
-                return f"Inference-Header-Content-Length {header_len} does not fit the {len(body)}-byte body"
             header = json.loads(body[:n])
         except (ValueError, UnicodeDecodeError) as err:
             return f"the request header is not valid JSON ({err})"

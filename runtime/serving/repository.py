@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from stsun.classmaps import map_layout
@@ -32,22 +32,22 @@ PYTHON_MODEL = Path(__file__).with_name("python_model.py")
 TRITON_TYPES = {"float32": "TYPE_FP32", "uint8": "TYPE_UINT8", "uint16": "TYPE_UINT16", "int16": "TYPE_INT16"}
 
 
-def _threads_per_instance(instances: int = 2) -> int:
-    return max(1, (os.cpu_count() or 1) // instances)
-
-
 @dataclass(frozen=True)
 class ServingConfig:
     """The knobs of every generated model configuration. Defaults from benchmarks/serve.py on
-    2 cores: two instances of one thread each served 11.9 inferences/s at concurrency 8 against
-    9.5 for one instance using both cores (p50 237 ms against 718 ms; the batching delay, 0 to
-    20 ms, changed nothing). The threads default to this machine's cores split between the
-    instances: pass ``intra_op_threads`` when the repository is written for another machine."""
+    2 cores: two instances of one thread each served 1.24x the inferences/s of one instance using
+    both cores at concurrency 8 (the batching delay, 0 to 20 ms, changed nothing). Threads default
+    to the writing machine's cores split between the instances: pass ``intra_op_threads`` when the
+    repository is written for another machine."""
     instances: int = 2               # model instances (python stubs) per model
-    intra_op_threads: int = field(default_factory=_threads_per_instance)  # onnxruntime threads per instance
+    intra_op_threads: int | None = None  # onnxruntime threads per instance (None: cores / instances)
     max_queue_delay_us: int = 2000   # how long the dynamic batcher waits to fill a batch
     max_queue_size: int = 32         # requests waiting per model, beyond that: rejected
     queue_timeout_s: float = 10.0    # a request waiting longer is rejected, not computed
+
+    def __post_init__(self) -> None:
+        if self.intra_op_threads is None:
+            object.__setattr__(self, "intra_op_threads", max(1, (os.cpu_count() or 1) // self.instances))
 
 
 def config_pbtxt(name: str, build: BuildDir, platform: str, kind: str, serving: ServingConfig,

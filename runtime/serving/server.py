@@ -11,6 +11,7 @@ are removed when it stops, and found and removed after a parent that was killed 
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
@@ -68,8 +69,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+_PRCTL = ctypes.CDLL(None, use_errno=True).prctl  # resolved here: no dlopen between fork and exec
+
+
 def _die_with_parent() -> None:  # runs in the child between fork and exec
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    _PRCTL(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def pid_alive(pid: int) -> bool:
@@ -207,9 +211,6 @@ class TritonServer:
     def ready(self) -> bool:
         return self.proc is not None and self.proc.poll() is None and self._call("GET", "/v2/health/ready", 1)[0] == 200
 
-    def model_ready(self, model: str) -> bool:
-        return self._call("GET", f"/v2/models/{model}/ready", 1)[0] == 200
-
     def model_config(self, model: str) -> dict:
         status, body = self._call("GET", f"/v2/models/{model}/config")
         if status != 200:
@@ -219,12 +220,23 @@ class TritonServer:
     def reload(self, model: str, timeout: float = 30.0) -> None:
         """Unload (not ready from then on; in-flight requests finish or fail), then load again."""
         self._call("POST", f"/v2/repository/models/{model}/unload")
-        deadline = time.monotonic() + timeout
-        while self.model_ready(model) and time.monotonic() < deadline:
-            time.sleep(0.1)
+        self.wait_unloaded([model], timeout)
         status, body = self._call("POST", f"/v2/repository/models/{model}/load", timeout)
         if status != 200:
             raise ServerError(f"reloading model '{model}' failed (HTTP {status}): {body.decode(errors='replace')[:200]}")
+
+    def wait_unloaded(self, models: list[str], timeout: float) -> None:
+        """Until no model of ``models`` is loaded or unloading (its in-flight requests are done):
+        readiness turns false as soon as an unload starts, the repository index only at its end."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status, body = self._call("POST", "/v2/repository/index")
+            if status != 200:
+                return  # the server is gone: nothing is loaded
+            busy = {m["name"] for m in json.loads(body) if m.get("state") in ("READY", "UNLOADING", "LOADING")}
+            if not busy & set(models):
+                return
+            time.sleep(0.1)
 
     def unload_all(self) -> None:
         for m in self.models:
@@ -251,8 +263,11 @@ class TritonServer:
             try:
                 self.proc.wait(timeout or self.exit_timeout_s + 5)
             except subprocess.TimeoutExpired:
+                pass
+        if self.proc is not None:  # its group too: stubs of a server that died would linger a while
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+            self.proc.wait()
         if self.proc is not None:  # stubs exit with the server; whatever they left is ours to remove
             for f in SHM_DIR.glob(self.shm_prefix + "*"):
                 f.unlink(missing_ok=True)

@@ -44,7 +44,6 @@ class Supervisor:
         self.options = options
         self.report = report
         self.failure: ServerError | None = None
-        self.events: list[tuple[float, str]] = []
         self._stop = threading.Event()
         self._done = threading.Event()
         self._lock = threading.Lock()
@@ -56,7 +55,6 @@ class Supervisor:
         self._watcher: threading.Thread | None = None
 
     def _event(self, message: str) -> None:
-        self.events.append((time.monotonic(), message))
         self.report(message)
 
     def _new_server(self) -> TritonServer:
@@ -92,16 +90,17 @@ class Supervisor:
 
     def _watch(self) -> None:
         # This thread also (re)starts the server when it dies: the kernel kills the server when the
-        # thread that started it ends, so it lives until stop() has stopped the server.
+        # thread that started it ends, so it lives until stop() has stopped the server. (start(),
+        # and so the first server, belongs to the caller's thread: call it from one that lives.)
         while not self._stop.wait(self.options.poll_s):
             with self._lock:
                 if self._stop.is_set():
                     break
                 try:
                     self._heal()
-                except ServerError as err:
-                    self.failure = err
-                    self._event(f"giving up: {err}")
+                except Exception as err:  # recorded, so `stsun serve` exits with it instead of serving 503s
+                    self.failure = err if isinstance(err, ServerError) else ServerError(f"healing failed: {err!r}")
+                    self._event(f"giving up: {self.failure}")
                     break
         self._done.wait()
 
@@ -124,31 +123,32 @@ class Supervisor:
         for model in sorted({model_of(i) for i in missing}):
             t0 = time.monotonic()
             self._event(f"a backend process of model '{model}' died; reloading the model")
-            self.guard.healing.add(model)
+            self.guard.healing = self.guard.healing | {model}  # replaced, never mutated: the guard reads it
             try:
                 server.reload(model)
+            except ServerError as err:  # the next pass restarts the server, which counts as a restart
+                self._event(f"{err}; stopping tritonserver")
+                server.stop()
+                return
             finally:
-                self.guard.healing.discard(model)
+                self.guard.healing = self.guard.healing - {model}
             self._event(f"model '{model}' is serving again after {time.monotonic() - t0:.1f} s")
-        if missing:
-            self._instances = set(server.stubs().values())
 
     def stop(self) -> int:
         """Drain and stop; returns how many HTTP inference requests were still in flight at the
         end of the drain window (0 when all finished)."""
+        self._stop.set()  # first, without the lock a heal may hold: refuse new requests now
+        if self.guard is not None:
+            self.guard.draining = True
+        deadline = time.monotonic() + self.options.drain_timeout_s
         with self._lock:
-            self._stop.set()
-            if self.guard is not None:
-                self.guard.draining = True
-            deadline = time.monotonic() + self.options.drain_timeout_s
             while self.guard is not None and self.guard.in_flight and time.monotonic() < deadline:
                 time.sleep(0.1)  # HTTP requests already accepted finish first, through the guard
             left = self.guard.in_flight if self.guard is not None else 0
             if self.server is not None:
                 # then gRPC: unloaded models refuse new requests while those in flight finish
                 self.server.unload_all()
-                while time.monotonic() < deadline and any(self.server.model_ready(m) for m in self.server.models):
-                    time.sleep(0.1)
+                self.server.wait_unloaded(self.server.models, max(0.0, deadline - time.monotonic()))
             if self.guard is not None:  # first: Triton waits for open HTTP connections when it stops
                 self.guard.stop()
             if self.server is not None:
