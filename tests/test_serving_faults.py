@@ -115,6 +115,16 @@ def local(build):
     return load_engine(build / "build", backend="onnxruntime")
 
 
+def wait_idle(server, model=MODEL, timeout=120):
+    """Until the model's queue is empty and its last executions are done: the next test starts
+    clean (the abandoned-requests test leaves a full queue behind)."""
+    deadline = time.monotonic() + timeout
+    pattern = rf'nv_inference_pending_request_count{{model="{model}",version="1"}} 0\b'
+    while time.monotonic() < deadline and not re.search(pattern, http(server.metrics, "/metrics")[1].decode()):
+        time.sleep(0.2)
+    time.sleep(2.0)  # executions already started (about 1 s for a batch of 8 here)
+
+
 def infer_body(x, name="x", datatype="FP32"):
     """A binary-tensor HTTP request body and its headers."""
     header = json.dumps({"inputs": [{"name": name, "shape": list(x.shape), "datatype": datatype,
@@ -252,18 +262,23 @@ def test_abandoned_requests_do_not_pile_up(served, local):
     for t in threads:
         t.join(300)
     t0 = time.monotonic()
-    got = logits_of(http(served.http, f"/v2/models/{MODEL}/infer", *infer_body(x[:1]), timeout=120), 1)
+    while (answer := http(served.http, f"/v2/models/{MODEL}/infer", *infer_body(x[:1]), timeout=120))[0] == 503:
+        assert "Exceeds maximum queue size" in answer[1]["error"]  # a full queue says so at once
+        time.sleep(0.5)  # and a client retries
+    got = logits_of(answer, 1)
     waited = time.monotonic() - t0
     np.testing.assert_allclose(got, local(x[:1]), rtol=0, atol=1e-5)
     assert waited < 20, f"a fresh request waited {waited:.1f} s behind abandoned ones"
     computed = http(served.http, stats_path)[1]["model_stats"][0]["inference_stats"]["success"]["count"] - before
     assert computed < 160, "every abandoned request was computed"  # 34 of 160 on the 2-core machine
+    wait_idle(served)
 
 
 def test_cancelled_grpc_requests_are_not_computed(served, local):
     """gRPC clients can cancel: requests cancelled while queued are never computed."""
     import tritonclient.grpc as grpcclient
 
+    wait_idle(served)
     x, _ = synthetic_tiles(local.profile, 8, seed=9)
     client = grpcclient.InferenceServerClient(f"127.0.0.1:{served.grpc}")
 
@@ -293,6 +308,7 @@ def test_a_crashed_model_process_is_healed(served, local):
     """Kill the python backend's stub under load: readiness goes false, comes back within 30 s
     (about 2 s here), and results are correct again; requests caught in the dead process fail
     with a server error within seconds."""
+    wait_idle(served)
     x, _ = synthetic_tiles(local.profile, 1, seed=7)
     want = local(x)
     results, stop = [], threading.Event()

@@ -1,5 +1,6 @@
 """A real Triton Inference Server (nvidia-pytriton's binary) serving a built repository."""
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -16,6 +17,17 @@ pytestmark = [pytest.mark.own_process,  # starts servers on loopback ports
               pytest.mark.skipif(tritonserver_available() is not None,
                                  reason=f"no Triton server here: {tritonserver_available()}")]
 
+
+
+def settled_stats(client, before, inferences, model="sentinel2-scd", timeout=10):
+    """The model's statistics once they count ``inferences`` more than ``before``: Triton records
+    an execution just after its responses leave, so a fast client can read them a moment early."""
+    deadline = time.monotonic() + timeout
+    while True:
+        now = client.get_inference_statistics(model)["model_stats"][0]
+        if now["inference_count"] - before["inference_count"] >= inferences or time.monotonic() > deadline:
+            return now
+        time.sleep(0.1)
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +94,7 @@ def test_run_many_keeps_requests_in_flight(served, protocol):
     stats = httpclient.InferenceServerClient(server.http_url)
     before = stats.get_inference_statistics("sentinel2-scd")["model_stats"][0]
     outs = remote.run_many([x[i:i + 1] for i in range(6)])
-    after = stats.get_inference_statistics("sentinel2-scd")["model_stats"][0]
+    after = settled_stats(stats, before, 6)
     np.testing.assert_allclose(np.concatenate(outs), load_engine(build_dir, backend="onnxruntime")(x), rtol=0, atol=1e-5)
     inferences = after["inference_count"] - before["inference_count"]
     executions = after["execution_count"] - before["execution_count"]
@@ -113,7 +125,7 @@ def test_concurrent_clients_are_batched(served):
     for t in threads:
         t.join(timeout=300)
     assert not errors and len(done) == 200
-    after = stats.get_inference_statistics("sentinel2-scd")["model_stats"][0]
+    after = settled_stats(stats, before, 200)
     inferences = after["inference_count"] - before["inference_count"]
     executions = after["execution_count"] - before["execution_count"]
     assert inferences == 200 and executions < inferences, (inferences, executions)

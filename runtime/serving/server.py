@@ -218,9 +218,9 @@ class TritonServer:
         return json.loads(body)
 
     def reload(self, model: str, timeout: float = 30.0) -> None:
-        """Unload (not ready from then on; in-flight requests finish or fail), then load again."""
+        """Unload (not ready from then on), then load again at once: the requests the old
+        instances still hold finish or fail on their own, while the new ones start."""
         self._call("POST", f"/v2/repository/models/{model}/unload")
-        self.wait_unloaded([model], timeout)
         status, body = self._call("POST", f"/v2/repository/models/{model}/load", timeout)
         if status != 200:
             raise ServerError(f"reloading model '{model}' failed (HTTP {status}): {body.decode(errors='replace')[:200]}")
