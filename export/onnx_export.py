@@ -51,7 +51,8 @@ def read_metadata(model: onnx.ModelProto | str | Path) -> dict[str, str]:
     return {p.key[len(META_PREFIX):]: p.value for p in model.metadata_props if p.key.startswith(META_PREFIX)}
 
 
-def _set_metadata(model: onnx.ModelProto, meta: dict[str, str]) -> None:
+def set_metadata(model: onnx.ModelProto, meta: dict[str, str]) -> None:
+    """Replace the model's metadata_props with ``meta`` (keys as given)."""
     del model.metadata_props[:]
     for k, v in meta.items():
         model.metadata_props.add(key=k, value=v)
@@ -103,14 +104,16 @@ def _sort_topologically(graph: onnx.GraphProto) -> None:
     graph.node.extend(copies)
 
 
-def _save(model: onnx.ModelProto, path: Path) -> Path:
+def save_onnx(model: onnx.ModelProto, path: Path, full_check: bool = False) -> Path:
+    """Write ``model`` atomically, its nodes in topological order, checked by the ONNX checker
+    (``full_check``: with strict shape inference too)."""
     _sort_topologically(model.graph)
     # Single file while it fits protobuf's 2 GB limit; larger models keep external data.
     external = model.ByteSize() > 1_800_000_000
 
     def write(tmp: Path) -> None:
         onnx.save_model(model, str(tmp), save_as_external_data=external, location=path.name + ".data")
-        onnx.checker.check_model(str(tmp))  # by path: also works for external data
+        onnx.checker.check_model(str(tmp), full_check=full_check)  # by path: also works for external data
 
     atomic_write(path, write)
     return path
@@ -137,9 +140,9 @@ def export_fp32(folded: FoldedSTSUN, profile: Profile, path: Path, meta: dict[st
     finally:
         for m in attentions:
             m.emit_plugin = False
-    _set_metadata(model, {**meta, META_PREFIX + "precision": "fp32",
+    set_metadata(model, {**meta, META_PREFIX + "precision": "fp32",
                           META_PREFIX + "attention_plugin": str(attention_plugin).lower()})
-    return _save(model, path)
+    return save_onnx(model, path)
 
 
 def convert_fp16(src: Path, dst: Path, calibration: Callable[[], np.ndarray] | None = None) -> Path:
@@ -153,8 +156,8 @@ def convert_fp16(src: Path, dst: Path, calibration: Callable[[], np.ndarray] | N
     # The converter leaves some value_info typed float where the tensor is now fp16, which strict
     # shape inference rejects; the types are implied by the graph, so drop the stale hints.
     del half.graph.value_info[:]
-    _set_metadata(half, {**meta, META_PREFIX + "precision": "fp16"})
-    return _save(half, dst)
+    set_metadata(half, {**meta, META_PREFIX + "precision": "fp16"})
+    return save_onnx(half, dst)
 
 
 def sensitive_nodes(model: onnx.ModelProto) -> list[str]:
@@ -198,8 +201,8 @@ def quantize_int8(src: Path, dst: Path, calibration: Callable[[], np.ndarray], b
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         extra_options={"WeightSymmetric": True})
         model = onnx.load(str(out))
-    _set_metadata(model, {**meta, META_PREFIX + "precision": "int8"})
-    return _save(model, dst)
+    set_metadata(model, {**meta, META_PREFIX + "precision": "int8"})
+    return save_onnx(model, dst)
 
 
 # How each precision's ONNX is derived from the fp32 export: (fp32 path, destination, a function

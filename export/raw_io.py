@@ -15,14 +15,14 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from stsun.atomic import atomic_write
 from stsun.classmaps import map_layout
 from stsun.errors import BuildError
 from stsun.graph_io import CLASSES_OUTPUT_NAME, DN_INPUT_NAME, INPUT_NAME, OUTPUT_NAME
 from stsun.profiles import Profile
 
+from .onnx_export import META_PREFIX, save_onnx, set_metadata
+
 PREFIX = "stsun_io/"
-ONNX_TYPES = {"uint8": TensorProto.UINT8, "uint16": TensorProto.UINT16, "int16": TensorProto.INT16}
 
 
 class _Nodes:
@@ -57,9 +57,9 @@ def add_raw_io(src: str | Path, dst: str | Path, profile: Profile, dn_offset: fl
     inner_x = PREFIX + INPUT_NAME
     for node in g.node:
         node.input[:] = [inner_x if i == INPUT_NAME else i for i in node.input]
-    pre = onnx.GraphProto()  # built apart, then put in front: the graph must stay topologically sorted
-    add = _Nodes(pre)
+    add = _Nodes(g)  # appended after the model's nodes: save_onnx sorts them into place
     s = profile.scaling
+    dn_type = np.dtype(s.dtype)
     offset = s.dn_offset if dn_offset is None else dn_offset
     x = add("Cast", [DN_INPUT_NAME], to=TensorProto.FLOAT)
     if offset:
@@ -69,62 +69,46 @@ def add_raw_io(src: str | Path, dst: str | Path, profile: Profile, dn_offset: fl
         x = add("Add", [x, add.const(np.float32(s.offset))])
     invalid = None
     if profile.nodata is not None:
-        np_type = np.dtype(s.dtype)
-        eq = add("Equal", [DN_INPUT_NAME, add.const(np.array(profile.nodata).astype(np_type))])
+        eq = add("Equal", [DN_INPUT_NAME, add.const(np.array(profile.nodata).astype(dn_type))])
         # any date, any band: ReduceMax over (T, C) of the 0/1 mask, kept as (B, 1, 1, H, W)
         hit = add("ReduceMax", [add("Cast", [eq], to=TensorProto.UINT8), add.const(np.array([1, 2], np.int64))],
                   keepdims=1)
         invalid = add("Cast", [hit], to=TensorProto.BOOL)
         x = add("Where", [invalid, add.const(np.float32(0.0)), x])
     add("Identity", [x], inner_x)
-    nodes = list(pre.node) + list(g.node)
-    del g.node[:]
-    g.node.extend(nodes)
-    g.initializer.extend(pre.initializer)
 
-    post = _Nodes(g)
-    post.count = add.count
     logits = OUTPUT_NAME
     if profile.c_out == 1:  # one channel: logit > 0, as stsun.classmaps.predicted_classes
-        first = post("Squeeze", [logits, post.const(np.array([2], np.int64))])
-        cls = post("Cast", [post("Greater", [first, post.const(np.float32(0.0))])], to=TensorProto.INT64)
+        first = add("Squeeze", [logits, add.const(np.array([2], np.int64))])
+        cls = add("Cast", [add("Greater", [first, add.const(np.float32(0.0))])], to=TensorProto.INT64)
     else:
-        cls = post("ArgMax", [logits], axis=2, keepdims=0, select_last_index=0)
+        cls = add("ArgMax", [logits], axis=2, keepdims=0, select_last_index=0)
     bands = cls
     if profile.task == "scd":
         t = profile.t_out
 
         def dates(start: int, end: int) -> str:
-            return post("Slice", [cls, post.const(np.array([start], np.int64)), post.const(np.array([end], np.int64)),
-                                  post.const(np.array([1], np.int64))])
+            return add("Slice", [cls, add.const(np.array([start], np.int64)), add.const(np.array([end], np.int64)),
+                                 add.const(np.array([1], np.int64))])
 
         before, after = dates(0, t - 1), dates(1, t)
-        code = post("Add", [post("Add", [post("Mul", [before, post.const(np.int64(profile.c_out))]),
-                                         post.const(np.int64(1))]), after])
-        change = post("Where", [post("Equal", [before, after]), post.const(np.int64(0)), code])
-        bands = post("Concat", [cls, change], axis=1)
-    _, dtype, nodata = map_layout(profile.task, profile.t_out, profile.c_out)
+        code = add("Add", [add("Add", [add("Mul", [before, add.const(np.int64(profile.c_out))]),
+                                       add.const(np.int64(1))]), after])
+        change = add("Where", [add("Equal", [before, after]), add.const(np.int64(0)), code])
+        bands = add("Concat", [cls, change], axis=1)
+    n_bands, dtype, nodata = map_layout(profile.task, profile.t_out, profile.c_out)
+    classes_type = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
     if invalid is not None:
-        mask = post("Squeeze", [invalid, post.const(np.array([2], np.int64))])  # (B, 1, H, W)
-        bands = post("Where", [mask, post.const(np.int64(nodata)), bands])
-    post("Cast", [bands], CLASSES_OUTPUT_NAME, to=ONNX_TYPES[dtype])
+        mask = add("Squeeze", [invalid, add.const(np.array([2], np.int64))])  # (B, 1, H, W)
+        bands = add("Where", [mask, add.const(np.int64(nodata)), bands])
+    add("Cast", [bands], CLASSES_OUTPUT_NAME, to=classes_type)
 
     g.input.remove(old_input)
     shape = [batch_dim.dim_param or batch_dim.dim_value, *profile.input_shape]
-    g.input.insert(0, helper.make_tensor_value_info(DN_INPUT_NAME, ONNX_TYPES[s.dtype], shape))
-    n_bands, _, _ = map_layout(profile.task, profile.t_out, profile.c_out)
-    g.output.insert(0, helper.make_tensor_value_info(
-        CLASSES_OUTPUT_NAME, ONNX_TYPES[dtype],
-        [shape[0], n_bands, profile.tile_size, profile.tile_size]))
+    g.input.insert(0, helper.make_tensor_value_info(DN_INPUT_NAME, helper.np_dtype_to_tensor_dtype(dn_type), shape))
+    g.output.insert(0, helper.make_tensor_value_info(CLASSES_OUTPUT_NAME, classes_type,
+                                                     [shape[0], n_bands, profile.tile_size, profile.tile_size]))
     meta = {p.key: p.value for p in model.metadata_props}
-    meta["stsun.io"] = f"{DN_INPUT_NAME} {s.dtype} -> {CLASSES_OUTPUT_NAME} {dtype}, {OUTPUT_NAME} float32"
-    del model.metadata_props[:]
-    onnx.helper.set_model_props(model, meta)
-    dst = Path(dst)
-
-    def write(tmp: Path) -> None:
-        onnx.save_model(model, str(tmp))
-        onnx.checker.check_model(str(tmp), full_check=True)
-
-    atomic_write(dst, write)
-    return dst
+    meta[META_PREFIX + "io"] = f"{DN_INPUT_NAME} {s.dtype} -> {CLASSES_OUTPUT_NAME} {dtype}, {OUTPUT_NAME} float32"
+    set_metadata(model, meta)
+    return save_onnx(model, Path(dst), full_check=True)
