@@ -23,7 +23,8 @@ from stsun.pipeline import build_artifacts
 from stsun.errors import InputError
 from stsun.runtime import load_engine
 from stsun.runtime.serving.repository import write_triton_repo
-from stsun.runtime.serving.server import SHM_DIR, SHM_PREFIX, child_pids, remove_stale_shm, tritonserver_available
+from stsun.runtime.serving.server import (SHM_DIR, SHM_PREFIX, child_pids, python_stubs, remove_stale_shm,
+                                         tritonserver_available)
 from stsun.synthetic import synthetic_tiles
 
 pytestmark = [pytest.mark.own_process,  # starts servers on loopback ports
@@ -81,12 +82,7 @@ class Serve:
 
     def stubs(self):
         """model instance name -> pid of its python-backend stub."""
-        found = {}
-        for c in child_pids(self.tritonserver):
-            argv = Path(f"/proc/{c}/cmdline").read_bytes().split(b"\0")
-            if len(argv) > 8:
-                found[argv[8].decode()] = c
-        return found
+        return {name: pid for pid, name in python_stubs(self.tritonserver).items()}
 
     def stop(self):
         if self.proc.poll() is None:

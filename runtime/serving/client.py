@@ -84,8 +84,8 @@ class TritonEngine(Engine):
     def run_many(self, batches: list[np.ndarray]) -> list[np.ndarray]:
         """Every batch's requests in flight at once (up to ``in_flight`` per connection), so the
         server's dynamic batcher can merge them."""
-        return self._in_flight(self.model, INPUT_NAME, [b for x in batches for b in self.checked_batches(x)],
-                               [len(self.checked_batches(x)) for x in batches])
+        parts = [self.checked_batches(x) for x in batches]
+        return self._in_flight(self.model, INPUT_NAME, [q for ps in parts for q in ps], [len(ps) for ps in parts])
 
     def run_many_raw(self, batches: list[np.ndarray]) -> list[np.ndarray]:
         """As ``run_many`` for raw digital numbers, on the DN model: half the request bytes."""

@@ -15,19 +15,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import re
 import threading
 from dataclasses import dataclass
 
+import numpy as np
 from aiohttp import ClientError, ClientSession, ClientTimeout, web
+from tritonclient.utils import triton_to_np_dtype
 
 from stsun.errors import ServerError
 
 INFER = re.compile(r"^/v2/models/([^/]+)(?:/versions/[^/]+)?/infer$")
 MODEL_READY = re.compile(r"^/v2/models/([^/]+)(?:/versions/[^/]+)?/ready$")
-TRITON_DTYPES = {"TYPE_FP32": "FP32", "TYPE_FP16": "FP16", "TYPE_UINT8": "UINT8", "TYPE_UINT16": "UINT16",
-                 "TYPE_INT16": "INT16", "TYPE_INT32": "INT32", "TYPE_INT64": "INT64", "TYPE_BOOL": "BOOL"}
-BYTES = {"FP32": 4, "FP16": 2, "UINT8": 1, "UINT16": 2, "INT16": 2, "INT32": 4, "INT64": 8, "BOOL": 1}
 HOP_BY_HOP = {"host", "content-length", "transfer-encoding", "connection", "keep-alive", "expect"}  # ours to answer
 
 
@@ -38,12 +38,14 @@ class ModelLimits:
 
     @classmethod
     def from_config(cls, config: dict) -> "ModelLimits":
+        # a configuration's TYPE_FP32 is the protocol's FP32 (TYPE_STRING is BYTES)
         return cls(int(config.get("max_batch_size", 0)),
-                   {i["name"]: (TRITON_DTYPES.get(i["data_type"], i["data_type"]), tuple(int(d) for d in i["dims"]))
-                    for i in config["input"]})
+                   {i["name"]: (i["data_type"].removeprefix("TYPE_").replace("STRING", "BYTES"),
+                                tuple(int(d) for d in i["dims"])) for i in config["input"]})
 
     def max_binary_bytes(self) -> int:
-        return sum(BYTES.get(dt, 8) * max(self.max_batch, 1) * _product(dims) for dt, dims in self.inputs.values())
+        return sum(np.dtype(triton_to_np_dtype(dt)).itemsize * max(self.max_batch, 1) * math.prod(dims)
+                   for dt, dims in self.inputs.values())
 
     def problem(self, model: str, header: dict) -> str | None:
         """Why this request's header is refused, or None."""
@@ -71,13 +73,6 @@ class ModelLimits:
         return None
 
 
-def _product(dims: tuple[int, ...]) -> int:
-    n = 1
-    for d in dims:
-        n *= d
-    return n
-
-
 def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
@@ -99,10 +94,10 @@ class Guard:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         match = INFER.match(request.path)
-        if self.draining and (match or MODEL_READY.match(request.path) or request.path.startswith("/v2/health/ready")):
+        asked = match or MODEL_READY.match(request.path)  # a request about one model
+        if self.draining and (asked or request.path.startswith("/v2/health/ready")):
             return _error(503, "the server is shutting down; send this request to another replica")
         healing = self.healing
-        asked = (match or MODEL_READY.match(request.path))
         if (asked and asked.group(1) in healing) or (healing and request.path == "/v2/health/ready"):
             return _error(503, f"model {'/'.join(sorted(healing))} is being reloaded after its process died; "
                                f"retry in a few seconds")
@@ -128,11 +123,12 @@ class Guard:
                        else await asyncio.get_running_loop().run_in_executor(None, self._check, *check))
             if problem:
                 return _error(400, problem)
-        # the body was read decompressed: forwarded as it now is
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP | {"content-encoding"}}
-        if infer:  # Triton 2.51 segfaults on a binary-tensor body labelled form-urlencoded (urllib's and
-            # curl -d's default): upstream, a body is labelled as what it is
-            headers = {k: v for k, v in headers.items() if k.lower() != "content-type"}
+        # the body was read decompressed: forwarded as it now is. Triton 2.51 segfaults on a binary-tensor
+        # body labelled form-urlencoded (urllib's and curl -d's default): an inference body is labelled
+        # upstream as what it is
+        dropped = HOP_BY_HOP | {"content-encoding"} | ({"content-type"} if infer else set())
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in dropped}
+        if infer:
             binary = "Inference-Header-Content-Length" in request.headers
             headers["Content-Type"] = "application/octet-stream" if binary else "application/json"
         try:

@@ -95,6 +95,20 @@ def child_pids(pid: int) -> list[int]:
     return found
 
 
+def python_stubs(server_pid: int) -> dict[int, str]:
+    """pid -> model instance name (``<model>_<group>_<index>``) of a tritonserver's live python stubs."""
+    found = {}
+    for pid in child_pids(server_pid):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        # argv: stub, model.py, shm region, sizes, parent pid, lib dir, ipc handle, instance, ...
+        if argv[0].endswith(b"triton_python_backend_stub") and len(argv) > 8 and pid_alive(pid):
+            found[pid] = argv[8].decode()
+    return found
+
+
 def remove_stale_shm() -> list[str]:
     """Shared-memory regions left by servers whose owner died (SIGKILL leaves no one to clean)."""
     removed = []
@@ -243,33 +257,20 @@ class TritonServer:
             self._call("POST", f"/v2/repository/models/{m}/unload")
 
     def stubs(self) -> dict[int, str]:
-        """pid -> model instance name (``<model>_<group>_<index>``) of the live python-backend stubs."""
-        if self.proc is None or self.proc.poll() is not None:
-            return {}
-        found = {}
-        for pid in child_pids(self.proc.pid):
-            try:
-                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            # argv: stub, model.py, shm region, sizes, parent pid, lib dir, ipc handle, instance, ...
-            if argv[0].endswith(b"triton_python_backend_stub") and len(argv) > 8 and pid_alive(pid):
-                found[pid] = argv[8].decode()
-        return found
+        """pid -> model instance name of the live python-backend stubs."""
+        return {} if self.proc is None or self.proc.poll() is not None else python_stubs(self.proc.pid)
 
-    def stop(self, timeout: float | None = None) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout or self.exit_timeout_s + 5)
-            except subprocess.TimeoutExpired:
-                pass
-        if self.proc is not None:  # its group too: stubs of a server that died would linger a while
+    def stop(self) -> None:
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.terminate()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.proc.wait(self.exit_timeout_s + 5)
+            # its group too: stubs of a server that died would linger a while
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
-        if self.proc is not None:  # stubs exit with the server; whatever they left is ours to remove
-            for f in SHM_DIR.glob(self.shm_prefix + "*"):
+            for f in SHM_DIR.glob(self.shm_prefix + "*"):  # whatever the stubs left is ours to remove
                 f.unlink(missing_ok=True)
         if self._backends is not None:
             self._backends.cleanup()

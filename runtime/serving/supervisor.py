@@ -54,20 +54,17 @@ class Supervisor:
         self.guard: Guard | None = None
         self._watcher: threading.Thread | None = None
 
-    def _event(self, message: str) -> None:
-        self.report(message)
-
-    def _new_server(self) -> TritonServer:
+    def _new_server(self) -> None:
         o = self.options
         log = o.log or Path(f"stsun-triton-{o.http_port}.log")
-        return TritonServer(o.repo, self._internal_http, o.grpc_port, o.metrics_port, log=log).start()
+        self.server = TritonServer(o.repo, self._internal_http, o.grpc_port, o.metrics_port, log=log).start()
+        self._instances = set(self.server.stubs().values())  # names are stable across reloads and restarts
 
     def start(self) -> "Supervisor":
         o = self.options
         check_port_free(o.http_port, "http")
         self._internal_http = free_port()
-        self.server = self._new_server()
-        self._instances = set(self.server.stubs().values())
+        self._new_server()
         try:
             limits = {m: ModelLimits.from_config(self.server.model_config(m)) for m in self.server.models}
             biggest = max(lim.max_binary_bytes() for lim in limits.values())
@@ -100,7 +97,7 @@ class Supervisor:
                     self._heal()
                 except Exception as err:  # recorded, so `stsun serve` exits with it instead of serving 503s
                     self.failure = err if isinstance(err, ServerError) else ServerError(f"healing failed: {err!r}")
-                    self._event(f"giving up: {self.failure}")
+                    self.report(f"giving up: {self.failure}")
                     break
         self._done.wait()
 
@@ -112,27 +109,26 @@ class Supervisor:
                 raise ServerError(f"tritonserver exited with code {code} and was restarted {self._restarts} times "
                                   f"already; log {server.log}, last lines: {server.log_tail()}")
             self._restarts += 1
-            self._event(f"tritonserver exited with code {code}; restarting it ({self._restarts} of "
+            self.report(f"tritonserver exited with code {code}; restarting it ({self._restarts} of "
                         f"{self.options.restarts})")
             server.stop()
-            self.server = self._new_server()
-            self._instances = set(self.server.stubs().values())
-            self._event("tritonserver is serving again")
+            self._new_server()
+            self.report("tritonserver is serving again")
             return
         missing = self._instances - set(server.stubs().values())
         for model in sorted({model_of(i) for i in missing}):
             t0 = time.monotonic()
-            self._event(f"a backend process of model '{model}' died; reloading the model")
+            self.report(f"a backend process of model '{model}' died; reloading the model")
             self.guard.healing = self.guard.healing | {model}  # replaced, never mutated: the guard reads it
             try:
                 server.reload(model)
             except ServerError as err:  # the next pass restarts the server, which counts as a restart
-                self._event(f"{err}; stopping tritonserver")
+                self.report(f"{err}; stopping tritonserver")
                 server.stop()
                 return
             finally:
                 self.guard.healing = self.guard.healing - {model}
-            self._event(f"model '{model}' is serving again after {time.monotonic() - t0:.1f} s")
+            self.report(f"model '{model}' is serving again after {time.monotonic() - t0:.1f} s")
 
     def stop(self) -> int:
         """Drain and stop; returns how many HTTP inference requests were still in flight at the
