@@ -57,13 +57,17 @@ BACKENDS: dict[str, Backend] = {b.name: b for b in (
 )}
 
 
-def backend(name: str) -> Backend:
+def backend(name: str, precision: str | None = None) -> Backend:
+    """The table's entry for ``name``, checked to run ``precision`` when one is given."""
     from stsun.errors import EngineError
 
     try:
-        return BACKENDS[name]
+        spec = BACKENDS[name]
     except KeyError:
         raise EngineError(f"unknown backend '{name}'; choose one of {', '.join(BACKENDS)}") from None
+    if precision is not None and precision not in spec.precisions:
+        raise EngineError(f"the {name} backend runs in {' / '.join(spec.precisions)} only, not {precision}")
+    return spec
 
 
 __all__ = ["BACKENDS", "Backend", "backend"]

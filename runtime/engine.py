@@ -137,9 +137,7 @@ def load_engine(path: str | Path, backend: str = "onnxruntime", precision: str |
     precision among the backend's (default: fp32; ``compiled``: bf16 on a GPU)."""
     from .backends import backend as find  # the table imports every backend module
 
-    spec = find(backend)
-    if precision is not None and precision not in spec.precisions:
-        raise EngineError(f"the {backend} backend runs in {' / '.join(spec.precisions)} only, not {precision}")
+    spec = find(backend, precision)
     if precision is not None:
         options["precision"] = precision
     return spec.engine.open(BuildDir(path), **options)

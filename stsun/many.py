@@ -36,6 +36,7 @@ from pathlib import Path
 from distributed import WorkerPlugin
 
 from stsun.atomic import atomic_write
+from stsun.checkpoint import file_sha256
 from stsun.classmaps import map_layout
 from stsun.errors import ClusterError, EngineError, StsunError
 from stsun.manifest import Job, Manifest
@@ -274,11 +275,9 @@ def predict_many(manifest: Manifest, spec: EngineSpec, outdir: str | Path, optio
     started, clock = now(), time.perf_counter()
     outdir = Path(outdir).resolve()
     build = BuildDir(spec.build_dir)  # a missing or broken build fails here, before any cluster starts
-    precisions = find_backend(spec.backend).precisions
-    if spec.precision is not None and spec.precision not in precisions:
-        raise EngineError(f"the {spec.backend} backend runs in {' / '.join(precisions)} only, not {spec.precision}")
+    find_backend(spec.backend, spec.precision)  # an unknown backend or precision fails before any cluster starts
     spec = replace(spec, build_dir=str(Path(spec.build_dir).resolve()))
-    build_sha256 = hashlib.sha256((build.path / BUILD_REPORT).read_bytes()).hexdigest()
+    build_sha256 = file_sha256(build.path / BUILD_REPORT)
     outdir.mkdir(parents=True, exist_ok=True)
     manifest.write_items()
     fingerprints = {job.id: job_fingerprint(job, build_sha256, spec, options) for job in manifest.jobs}
