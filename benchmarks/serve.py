@@ -66,7 +66,7 @@ def input_file(path: Path, name: str, array: np.ndarray) -> Path:
 
 
 def measure(pa: tuple[str, dict], model: str, url: str, data: Path, concurrency: int, interval_ms: int,
-            csv_path: Path) -> dict:
+            csv_path: Path, headers: dict[str, str] | None = None) -> dict:
     """One perf_analyzer measurement: time windows of ``interval_ms`` until three agree within 50 %
     (a count-based measurement reports throughput over whole seconds: too coarse at ~10 inf/s)."""
     binary, env = pa
@@ -74,7 +74,8 @@ def measure(pa: tuple[str, dict], model: str, url: str, data: Path, concurrency:
     for interval in (interval_ms, 2 * interval_ms):  # an unstable load gets one longer try
         cmd = [binary, "-m", model, "-u", url, "-i", "http", "--input-data", str(data),
                "--concurrency-range", str(concurrency), "--measurement-interval", str(interval),
-               "-s", "50", "-r", "4", "-f", str(csv_path), "--verbose-csv"]
+               "-s", "50", "-r", "4", "-f", str(csv_path), "--verbose-csv",
+               *[arg for k, v in (headers or {}).items() for arg in ("-H", f"{k}:{v}")]]
         csv_path.unlink(missing_ok=True)  # never read an earlier run's numbers
         run = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if run.returncode == 0 and csv_path.is_file():
@@ -104,7 +105,7 @@ def main(
     from stsun.pipeline import build_artifacts
     from stsun.profiles import load_profile
     from stsun.runtime.serving.repository import ServingConfig, write_triton_repo
-    from stsun.runtime.serving.server import free_port
+    from stsun.runtime.serving.server import ADMIN_HEADER, free_port
     from stsun.runtime.serving.supervisor import ServeOptions, Supervisor
     from stsun.synthetic import synthetic_tiles
 
@@ -155,8 +156,10 @@ def main(
                           f"compute {r['server_ms']['compute']:4.0f} ms")
             model, data, _ = forms["float32 x -> logits"]
             for c in (1, 4):  # what the HTTP guard costs: the same load on Triton's own (internal) port
-                for where, url in (("guard", sup.http_url), ("tritonserver directly", sup.server.http_url)):
-                    r = measure(pa, model, url, data, c, interval, tmp / "guard.csv")
+                # Triton's internal port answers only the supervisor's secret
+                for where, url, headers in (("guard", sup.http_url, None), ("tritonserver directly",
+                                            sup.server.http_url, {ADMIN_HEADER: sup.server.admin_key})):
+                    r = measure(pa, model, url, data, c, interval, tmp / "guard.csv", headers)
                     result["guard"].append({"via": where, **r})
                     print(f"via {where:22s} concurrency {c}: {r['throughput']:6.2f} inf/s, p50 {r['latency_ms']['p50']:4.0f} ms")
     atomic_write(out, lambda t: t.write_text(json.dumps(result, indent=2) + "\n"))

@@ -428,28 +428,48 @@ def triton_repo(
 def serve(
     repo: Annotated[Path, typer.Option(help="Model repository.")] = Path("triton_repo"),
     http_port: Annotated[int, typer.Option(help="HTTP port (the guarded front; Triton's own HTTP port is internal).")] = 8000,
-    grpc_port: int = 8001,
-    metrics_port: int = 8002,
-    log: Annotated[Optional[Path], typer.Option(help="Triton's log file (default: stsun-triton-HTTP_PORT.log here).")] = None,
+    grpc_port: Annotated[int, typer.Option(help="gRPC port (Triton's, serving only the client APIs).")] = 8001,
+    metrics_port: Annotated[int, typer.Option(help="Prometheus metrics port.")] = 8002,
+    log: Annotated[Optional[Path], typer.Option(help="Triton's log file (default: "
+                                                     "$XDG_STATE_HOME/stsun/triton-HTTP_PORT.log).")] = None,
     drain_timeout: Annotated[float, typer.Option(help="Seconds in-flight requests get to finish on SIGTERM/SIGINT.")] = 30.0,
-    max_request_mb: Annotated[Optional[float], typer.Option(help="Largest HTTP request body (default: a full batch "
-                                                                 "as JSON text).")] = None,
+    max_request_mb: Annotated[Optional[float], typer.Option(help="Largest HTTP request body, counted after "
+                                                                 "decompression (default: a full batch as JSON text).")] = None,
+    request_timeout: Annotated[float, typer.Option(help="Seconds the HTTP front waits for Triton's answer (then 504).")] = 60.0,
+    restarts: Annotated[int, typer.Option(help="Restarts of a failed tritonserver allowed within --restart-window.")] = 5,
+    restart_window: Annotated[float, typer.Option(help="Seconds over which --restarts is counted.")] = 600.0,
+    probe_interval: Annotated[float, typer.Option(help="Seconds between health probes of each model (an inference "
+                                                       "answered without compute; counted in Triton's statistics); "
+                                                       "0: none.")] = 5.0,
+    open_control_api: Annotated[bool, typer.Option(
+        "--open-control-api",
+        help="UNSAFE: let every client that reaches the ports load, unload and replace models (which runs any "
+             "code a client uploads, as this user), change logging and register shared memory. Only behind an "
+             "authenticating proxy.")] = False,
 ) -> None:
     """Run Triton Inference Server on 127.0.0.1 with the repository's python-backend models, behind a
-    guard that bounds requests, healing crashed model processes, draining on SIGTERM."""
+    guard that serves only inference, health and metadata, bounds requests, heals crashed or frozen
+    model processes and drains on SIGTERM."""
     import signal
     import threading
 
     from stsun.runtime.serving.supervisor import ServeOptions, Supervisor
 
-    sup = Supervisor(ServeOptions(repo, http_port, grpc_port, metrics_port, log, drain_timeout, max_request_mb),
-                     report=lambda m: errors.print(f"stsun serve: {m}", highlight=False, soft_wrap=True))
+    if open_control_api:
+        errors.print("stsun serve: WARNING: the control APIs are open: any client that reaches the ports can "
+                     "load models and so run code as this user", highlight=False, markup=False)
+    sup = Supervisor(ServeOptions(repo, http_port, grpc_port, metrics_port, log, drain_timeout, max_request_mb,
+                                  request_timeout, restarts, restart_window, probe_s=probe_interval,
+                                  open_control=open_control_api),
+                     report=lambda m: errors.print(f"stsun serve: {m}", highlight=False, soft_wrap=True,
+                                                   markup=False))
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     sup.start()
     console.print(f"serving {', '.join(sup.server.models)}: http://{sup.http_url}  grpc://{sup.grpc_url}  "
-                  f"metrics http://127.0.0.1:{metrics_port}/metrics  log {sup.server.log}  (Ctrl-C to stop)")
+                  f"metrics http://127.0.0.1:{metrics_port}/metrics  log {sup.server.log}  (Ctrl-C to stop)",
+                  markup=False, highlight=False, soft_wrap=True)  # one line: a log path is not broken
     while not stop.wait(0.5):
         if sup.failure is not None:
             sup.stop()

@@ -1,76 +1,65 @@
-"""An HTTP front for Triton that bounds every inference request before the server sees it.
+"""The public HTTP port of ``stsun serve``: only what a client needs reaches Triton, checked first.
 
-Triton 2.51 has no limit on HTTP request size, and for JSON-encoded tensors it allocates what the
-declared shape asks for before checking it against the model: a 90-byte request declaring
-[100000, 2, 10, 256, 256] aborts the server with ``std::bad_alloc``. (Its gRPC endpoint checks the
-batch size first and is not affected.) The guard answers such requests itself with HTTP 400 and a
-reason: a body over the size limit (413), an unknown input name, a wrong datatype, a batch outside
-1..max_batch_size, dimensions other than the model's. It also labels every inference body upstream
-as what it is (binary tensors or JSON): Triton 2.51 segfaults on a binary-tensor request sent as
-``application/x-www-form-urlencoded``, which ``curl -d`` and Python's urllib send by default.
-Everything else is passed through unchanged.
-While draining (shutdown) it refuses new inference requests and reports not-ready with 503.
+- **Only inference is public.** Health, server and model metadata, model configuration, readiness,
+  statistics and ``/infer`` of the served models; every other path (model load/unload, which runs
+  any code a client uploads; logging; shared-memory registration; tracing) is refused with 403
+  before Triton sees it, unless the operator opened the control APIs (``--open-control-api``).
+  An unknown model is a 404 from the headers alone, before the body is read. Triton's own HTTP port
+  is internal and answers only requests that carry the supervisor's secret, which the guard adds.
+- **Triton reads what the guard checked.** ``requests.rewrite`` parses the request strictly and the
+  guard forwards the request it wrote (see there): Triton 2.51 allocates a JSON request's declared
+  shape before checking it, aborted on a duplicated ``shape`` key, and segfaults on a binary body
+  labelled form-urlencoded.
+- **Bounded work.** Bodies over the limit are refused from their headers (413); compressed bodies
+  are inflated here with the limit counted on the inflated bytes, and at most ``heavy_slots`` large
+  bodies are inflated or parsed at once; every upstream request has a total timeout (504).
+While draining (shutdown) it refuses new inference and reports not-ready (503); a model the
+supervisor finds unhealthy or is reloading is not ready and refuses inference (503) meanwhile.
 """
 from __future__ import annotations
 
 import asyncio
-import json
-import math
 import re
 import threading
-from dataclasses import dataclass
+import zlib
 
-import numpy as np
 from aiohttp import ClientError, ClientSession, ClientTimeout, web
-from tritonclient.utils import triton_to_np_dtype
+from yarl import URL
 
 from stsun.errors import ServerError
 
-INFER = re.compile(r"^/v2/models/([^/]+)(?:/versions/[^/]+)?/infer$")
-MODEL_READY = re.compile(r"^/v2/models/([^/]+)(?:/versions/[^/]+)?/ready$")
+from .requests import ModelLimits, Refused, rewrite
+from .server import ADMIN_HEADER
+
+SERVER_PATHS = {"/v2", "/v2/health/live", "/v2/health/ready"}
+MODEL_PATH = re.compile(r"^/v2/models/(?P<model>[^/]+)(?:/versions/[0-9]+)?(?:/(?P<what>config|ready|stats|infer))?$")
 HOP_BY_HOP = {"host", "content-length", "transfer-encoding", "connection", "keep-alive", "expect"}  # ours to answer
+CLIENT_HEADERS = {"accept", "accept-encoding"}  # the only client headers Triton gets
+ENCODINGS = {"identity": None, "gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+SMALL_BODY = 2**20  # checked on the event loop; larger bodies in a worker thread, a few at a time
 
 
-@dataclass(frozen=True)
-class ModelLimits:
-    max_batch: int
-    inputs: dict[str, tuple[str, tuple[int, ...]]]  # name -> (datatype, dims without batch)
+class TooLarge(Refused):
+    """Answered with 413."""
 
-    @classmethod
-    def from_config(cls, config: dict) -> "ModelLimits":
-        # a configuration's TYPE_FP32 is the protocol's FP32 (TYPE_STRING is BYTES)
-        return cls(int(config.get("max_batch_size", 0)),
-                   {i["name"]: (i["data_type"].removeprefix("TYPE_").replace("STRING", "BYTES"),
-                                tuple(int(d) for d in i["dims"])) for i in config["input"]})
 
-    def max_binary_bytes(self) -> int:
-        return sum(np.dtype(triton_to_np_dtype(dt)).itemsize * max(self.max_batch, 1) * math.prod(dims)
-                   for dt, dims in self.inputs.values())
-
-    def problem(self, model: str, header: dict) -> str | None:
-        """Why this request's header is refused, or None."""
-        inputs = header.get("inputs")
-        if not isinstance(inputs, list) or not inputs:
-            return "the request has no 'inputs' list"
-        for inp in inputs:
-            if not isinstance(inp, dict):
-                return "each input must be an object with name, shape and datatype"
-            name = inp.get("name")
-            if name not in self.inputs:
-                return f"model '{model}' has no input {name!r}; its inputs are {sorted(self.inputs)}"
-            dtype, dims = self.inputs[name]
-            if inp.get("datatype") != dtype:
-                return f"input '{name}' must be {dtype}, got {inp.get('datatype')!r}"
-            shape = inp.get("shape")
-            if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
-                return f"input '{name}' needs a shape of integers, got {shape!r}"
-            batched = self.max_batch > 0
-            if batched and (len(shape) != len(dims) + 1 or not 1 <= shape[0] <= self.max_batch):
-                return (f"input '{name}' must have shape [1..{self.max_batch}, {', '.join(map(str, dims))}], "
-                        f"got {shape}")
-            if tuple(shape[1:] if batched else shape) != dims:
-                return f"input '{name}' must have dims {list(dims)} after the batch, got {shape}"
-        return None
+def inflate(raw: bytes, encoding: str, limit: int) -> bytes:
+    """``raw`` decoded, refused as soon as the decoded bytes pass ``limit`` (a 2 MB gzip body can
+    hold 2 GB)."""
+    wbits = ENCODINGS[encoding]
+    if wbits is None:
+        return raw
+    inflater = zlib.decompressobj(wbits)
+    try:
+        out = inflater.decompress(raw, limit + 1)
+    except zlib.error as err:
+        raise Refused(f"the {encoding} body cannot be decoded ({err})") from None
+    if len(out) > limit or inflater.unconsumed_tail:
+        raise TooLarge(f"the {encoding} body inflates to more than the limit of {limit} bytes "
+                       f"(stsun serve --max-request-mb)")
+    if not inflater.eof:
+        raise Refused(f"the {encoding} body is cut off")
+    return out
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -78,85 +67,115 @@ def _error(status: int, message: str) -> web.Response:
 
 
 class Guard:
-    """Listens on ``port`` (127.0.0.1) and forwards to Triton's HTTP endpoint at ``upstream``."""
+    """Listens on ``port`` (127.0.0.1) and forwards to Triton's internal HTTP endpoint at
+    ``upstream``, adding the ``admin_key`` that endpoint requires."""
 
-    def __init__(self, upstream: str, limits: dict[str, ModelLimits], port: int, max_body_bytes: int) -> None:
-        self.upstream, self.limits, self.port, self.max_body = upstream, limits, port, max_body_bytes
+    def __init__(self, upstream: str, admin_key: str, limits: dict[str, ModelLimits], port: int, max_body_bytes: int,
+                 timeout_s: float = 60.0, open_control: bool = False, heavy_slots: int = 2) -> None:
+        self.upstream, self.admin_key, self.limits, self.port = upstream, admin_key, limits, port
+        self.max_body, self.timeout_s, self.open_control = max_body_bytes, timeout_s, open_control
+        self.heavy_slots = heavy_slots
         self.draining = False
-        # models being reloaded by the supervisor (not ready, no inference): replaced, never mutated,
-        # by the supervisor's thread, so this loop always reads a whole set
-        self.healing: frozenset[str] = frozenset()
+        # model -> why it is not ready (being reloaded, failing its probe): replaced, never mutated,
+        # by the supervisor's thread, so this loop always reads a whole mapping
+        self.unready: dict[str, str] = {}
         self.in_flight = 0
+        self._heavy: asyncio.Semaphore | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
         self._session: ClientSession | None = None
 
-    async def _handle(self, request: web.Request) -> web.StreamResponse:
-        match = INFER.match(request.path)
-        asked = match or MODEL_READY.match(request.path)  # a request about one model
-        if self.draining and (asked or request.path.startswith("/v2/health/ready")):
-            return _error(503, "the server is shutting down; send this request to another replica")
-        healing = self.healing
-        if (asked and asked.group(1) in healing) or (healing and request.path == "/v2/health/ready"):
-            return _error(503, f"model {'/'.join(sorted(healing))} is being reloaded after its process died; "
-                               f"retry in a few seconds")
-        infer = bool(match) and request.method == "POST"
-        self.in_flight += infer  # counted from arrival: a drain waits for requests still uploading
-        try:
-            return await self._forward(request, match if infer else None)
-        finally:
-            self.in_flight -= infer
+    def _route(self, request: web.Request) -> tuple[str, str | None] | web.Response:
+        """(what, model) of a public request, or the answer to any other."""
+        path = request.path
+        if path in SERVER_PATHS:
+            what, model = path, None
+        elif m := MODEL_PATH.match(path):
+            what, model = m["what"] or "metadata", m["model"]
+        elif self.open_control:
+            return "control", None
+        else:
+            return _error(403, f"{path} is not served here: this port serves inference, health, metadata and "
+                               f"statistics (the control APIs are closed; see stsun serve --open-control-api)")
+        if model is not None and model not in self.limits:
+            return _error(404, f"unknown model '{model}'; this server serves {sorted(self.limits)}")
+        if request.method != ("POST" if what == "infer" else "GET"):
+            return _error(405, f"{request.method} is not allowed on {path}")
+        return what, model
 
-    async def _forward(self, request: web.Request, infer: re.Match | None) -> web.StreamResponse:
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        route = self._route(request)
+        if isinstance(route, web.Response):
+            return route
+        what, model = route
+        about_readiness = what in ("infer", "ready", "/v2/health/ready")
+        if self.draining and about_readiness:
+            return _error(503, "the server is shutting down; send this request to another replica")
+        unready = self.unready
+        why = unready.get(model) if model else "; ".join(f"model '{m}': {r}" for m, r in sorted(unready.items()))
+        if why and about_readiness:
+            return _error(503, f"not ready: {why}; retry in a few seconds")
+        if what != "infer":
+            return await self._forward(request, {}, None)
+        self.in_flight += 1  # counted from arrival: a drain waits for requests still uploading
+        try:
+            return await self._infer(request, model)
+        finally:
+            self.in_flight -= 1
+
+    async def _infer(self, request: web.Request, model: str) -> web.StreamResponse:
         if (request.content_length or 0) > self.max_body:  # refused before a byte of it is read
             return _error(413, f"the request body ({request.content_length} bytes) is over the limit of "
                                f"{self.max_body} bytes (stsun serve --max-request-mb)")
+        encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+        if encoding not in ENCODINGS:
+            return _error(415, f"Content-Encoding {encoding!r} is not accepted; use {', '.join(ENCODINGS)}")
         try:
-            body = await request.read()
+            raw = await request.read()  # aiohttp stops at client_max_size (the limit)
+        except web.HTTPRequestEntityTooLarge:
+            return _error(413, f"the request body is over the limit of {self.max_body} bytes "
+                               f"(stsun serve --max-request-mb)")
         except ConnectionResetError:  # the client went away mid-body
             return _error(400, "the request body was cut off")
-        if infer and (limits := self.limits.get(infer.group(1))) is not None:
-            check = (infer.group(1), limits, request.headers.get("Inference-Header-Content-Length"), body)
-            # a large JSON body takes a while to parse: off the loop, so health probes are answered
-            problem = (self._check(*check) if len(body) < 2**20
-                       else await asyncio.get_running_loop().run_in_executor(None, self._check, *check))
-            if problem:
-                return _error(400, problem)
-        # the body was read decompressed: forwarded as it now is. Triton 2.51 segfaults on a binary-tensor
-        # body labelled form-urlencoded (urllib's and curl -d's default): an inference body is labelled
-        # upstream as what it is
-        dropped = HOP_BY_HOP | {"content-encoding"} | ({"content-type"} if infer else set())
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in dropped}
-        if infer:
-            binary = "Inference-Header-Content-Length" in request.headers
-            headers["Content-Type"] = "application/octet-stream" if binary else "application/json"
+        work = (model, raw, encoding, request.headers.get("Inference-Header-Content-Length"))
         try:
-            async with self._session.request(request.method, f"http://{self.upstream}{request.rel_url}",
-                                             headers=headers, data=body) as up:
+            if encoding == "identity" and len(raw) < SMALL_BODY:
+                body, header_length = self._prepare(*work)
+            else:  # inflating or parsing a large body takes a while: off the loop, a few at a time
+                async with self._heavy:
+                    body, header_length = await asyncio.get_running_loop().run_in_executor(None, self._prepare, *work)
+        except TooLarge as err:
+            return _error(413, str(err))
+        except Refused as err:
+            return _error(400, str(err))
+        headers = {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(header_length)}
+        answer = await self._forward(request, headers, body)
+        if answer.status == 404:  # a served model Triton does not have right now: unloaded for a reload
+            return _error(503, f"model '{model}' is being reloaded; retry in a few seconds")
+        return answer
+
+    def _prepare(self, model: str, raw: bytes, encoding: str, header_length: str | None) -> tuple[bytes, int]:
+        return rewrite(model, self.limits[model], inflate(raw, encoding, self.max_body), header_length)
+
+    async def _forward(self, request: web.Request, headers: dict[str, str], body: bytes | None) -> web.StreamResponse:
+        if body is None and request.method == "POST":  # a control API the operator opened
+            body = await request.read()
+            headers = {k: v for k, v in request.headers.items() if k.lower() in {"content-type", "content-encoding"}}
+        headers = {**{k: v for k, v in request.headers.items() if k.lower() in CLIENT_HEADERS}, **headers,
+                   ADMIN_HEADER: self.admin_key}
+        try:
+            # the path as checked (decoded), without the query: no public API takes one
+            url = URL.build(scheme="http", authority=self.upstream, path=request.path)
+            async with self._session.request(request.method, url, headers=headers, data=body) as up:
                 payload = await up.read()
                 out = {k: v for k, v in up.headers.items() if k.lower() not in HOP_BY_HOP}
                 return web.Response(status=up.status, body=payload, headers=out)
-        except (ClientError, OSError, asyncio.TimeoutError) as err:
+        except asyncio.TimeoutError:
+            return _error(504, f"the inference server did not answer within {self.timeout_s:g} s "
+                               f"(stsun serve --request-timeout)")
+        except (ClientError, OSError) as err:
             return _error(503, f"the inference server is not reachable ({err!r}); it may be restarting")
-
-    @staticmethod
-    def _check(model: str, limits: ModelLimits, header_len: str | None, body: bytes) -> str | None:
-        if header_len is None:
-            n = len(body)
-            if not n:
-                return "the request has no body"
-        elif not header_len.isdigit() or not 0 < int(header_len) <= len(body):
-            return f"Inference-Header-Content-Length {header_len!r} does not fit the {len(body)}-byte body"
-        else:
-            n = int(header_len)
-        try:
-            header = json.loads(body[:n])
-        except (ValueError, UnicodeDecodeError) as err:
-            return f"the request header is not valid JSON ({err})"
-        if not isinstance(header, dict):
-            return "the request header must be a JSON object"
-        return limits.problem(model, header)
 
     def start(self) -> "Guard":
         self._loop = asyncio.new_event_loop()
@@ -166,10 +185,13 @@ class Guard:
         async def setup() -> None:
             app = web.Application(client_max_size=self.max_body)
             app.router.add_route("*", "/{tail:.*}", self._handle)
-            # bytes pass as sent, and compressed only when the client itself asked for it
-            self._session = ClientSession(timeout=ClientTimeout(total=None), auto_decompress=False,
+            self._heavy = asyncio.Semaphore(self.heavy_slots)
+            # responses pass as sent, and compressed only when the client itself asked for it
+            self._session = ClientSession(timeout=ClientTimeout(total=self.timeout_s), auto_decompress=False,
                                           skip_auto_headers=("Accept-Encoding", "User-Agent"))
-            self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)  # drained before stop()
+            # request bodies arrive as sent: inflate() bounds them, aiohttp would not
+            self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0,  # drained before stop()
+                                         auto_decompress=False)
             await self._runner.setup()
             await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
 

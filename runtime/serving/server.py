@@ -16,6 +16,7 @@ import ctypes
 import json
 import os
 import re
+import secrets
 import signal
 import socket
 import subprocess
@@ -30,6 +31,11 @@ from pathlib import Path
 
 from stsun.errors import ServerError
 
+# Triton's APIs by the names its --http-restricted-api / --grpc-restricted-protocol flags use
+ALL_APIS = ("health", "metadata", "inference", "shared-memory", "model-config", "model-repository", "statistics",
+            "trace", "logging")
+CLIENT_APIS = ("health", "metadata", "inference", "model-config", "statistics")  # what a client needs
+ADMIN_HEADER = "stsun-admin-key"
 SHM_DIR = Path("/dev/shm")
 SHM_PREFIX = "stsun_triton_"  # + owner pid + "_": regions of a dead owner are stale
 PR_SET_PDEATHSIG = 1
@@ -124,14 +130,22 @@ class TritonServer:
     """Context manager: a tritonserver process serving ``repo`` on 127.0.0.1."""
 
     def __init__(self, repo: str | Path, http_port: int = 8000, grpc_port: int = 8001, metrics_port: int = 8002,
-                 log: str | Path | None = None, exit_timeout_s: int = 10) -> None:
+                 log: str | Path | None = None, exit_timeout_s: int = 10,
+                 http_public: tuple[str, ...] = CLIENT_APIS, grpc_public: tuple[str, ...] = CLIENT_APIS) -> None:
+        """APIs outside ``http_public`` / ``grpc_public`` answer only requests that carry the
+        ``stsun-admin-key`` header with ``admin_key``, a secret made here (the control APIs load
+        models, which runs any code as this user: Triton's secure-deployment guide)."""
         self.repo = Path(repo).resolve()
+        self.admin_key = secrets.token_urlsafe(32)
+        self.restricted = {"http": [a for a in ALL_APIS if a not in http_public],
+                           "grpc": [a for a in ALL_APIS if a not in grpc_public]}
         self.ports = {"http": http_port, "grpc": grpc_port, "metrics": metrics_port}
         self.log = Path(log) if log else Path(tempfile.gettempdir()) / f"stsun-triton-{http_port}.log"
         self.exit_timeout_s = exit_timeout_s
         self.proc: subprocess.Popen | None = None
         self.models: list[str] = []
         self.shm_prefix = f"{SHM_PREFIX}{os.getpid()}_{http_port}_"
+        self.log_error: str | None = None
         self._backends: tempfile.TemporaryDirectory | None = None
 
     @property
@@ -156,6 +170,25 @@ class TritonServer:
                     root / "backends" / "python" / "triton_python_backend_utils.py", stub):
             (py / src.name).symlink_to(src)
         return Path(self._backends.name)
+
+    def _open_log(self):
+        """The log file, appended (a restart keeps what the crash before it wrote), or None when it
+        cannot be written (a full disk): the server's output then goes to our stderr, and
+        ``log_error`` says why. A log never stops the serving."""
+        self.log_error = None
+        out = None
+        try:
+            self.log.parent.mkdir(parents=True, exist_ok=True)
+            out = open(self.log, "a")
+            out.write(f"--- stsun: starting tritonserver {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+            out.flush()
+            return out
+        except OSError as err:
+            if out is not None:
+                with contextlib.suppress(OSError):  # closing flushes the banner again, and fails again
+                    out.close()
+            self.log_error = f"cannot write the log {self.log} ({err.strerror or err})"
+            return None
 
     def log_tail(self, lines: int = 5) -> str:
         try:
@@ -193,14 +226,17 @@ class TritonServer:
                f"--http-port={self.ports['http']}", f"--grpc-port={self.ports['grpc']}",
                f"--metrics-port={self.ports['metrics']}", "--pinned-memory-pool-byte-size=0",
                "--cuda-memory-pool-byte-size=0:0", "--allow-gpu-metrics=false",
-               f"--exit-timeout-secs={self.exit_timeout_s}"]
-        self.log.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log, "a") as out:  # appended: a restart keeps what the crash before it wrote
-            out.write(f"--- stsun: starting tritonserver {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
-            out.flush()
-            # a session of its own: a terminal's Ctrl-C reaches only us, and we stop it in order
-            self.proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                         preexec_fn=_die_with_parent)
+               f"--exit-timeout-secs={self.exit_timeout_s}",
+               *[f"--{flag}={','.join(apis)}:{ADMIN_HEADER}={self.admin_key}"
+                 for flag, apis in (("http-restricted-api", self.restricted["http"]),
+                                    ("grpc-restricted-protocol", self.restricted["grpc"])) if apis]]
+        out = self._open_log()
+        try:  # a session of its own: a terminal's Ctrl-C reaches only us, and we stop it in order
+            self.proc = subprocess.Popen(cmd, env=env, stdout=out or sys.stderr, stderr=subprocess.STDOUT,
+                                         start_new_session=True, preexec_fn=_die_with_parent)
+        finally:
+            if out is not None:
+                out.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -213,7 +249,8 @@ class TritonServer:
 
     def _call(self, method: str, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
         req = urllib.request.Request(f"http://{self.http_url}{path}", method=method,
-                                     data=b"{}" if method == "POST" else None)
+                                     data=b"{}" if method == "POST" else None,
+                                     headers={ADMIN_HEADER: self.admin_key})
         try:
             with urllib.request.urlopen(req, timeout=timeout) as r:
                 return r.status, r.read()

@@ -3,7 +3,8 @@
 Self-contained (numpy + onnxruntime) so it runs in NVIDIA's container as well as under the
 pip-installed server. Each execution validates every request on its own (a bad request gets an
 INVALID_ARG error, which clients see as HTTP 400 / gRPC INVALID_ARGUMENT; the others still run),
-drops requests their client cancelled, then runs all valid requests as ONE batch, computing
+drops requests their client cancelled, answers the supervisor's health probes at once (no
+outputs), then runs all valid requests as ONE batch, computing
 only the outputs some request asked for. Tensor names come from the model configuration the
 repository writer generates: float input ``x`` -> ``logits``, or raw ``dn`` -> ``classes`` (+ ``logits``).
 """
@@ -13,6 +14,8 @@ import os
 import numpy as np
 import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
+
+PROBE = "stsun_probe"  # a request parameter: `stsun serve` asks whether this process answers
 
 
 class TritonPythonModel:
@@ -51,6 +54,9 @@ class TritonPythonModel:
             if request.is_cancelled():  # its client gave up: do not spend compute on it
                 responses[i] = pb_utils.InferenceResponse(
                     output_tensors=[], error=pb_utils.TritonError("request cancelled", pb_utils.TritonError.CANCELLED))
+                continue
+            if PROBE in json.loads(request.parameters() or "{}"):  # the supervisor's health probe: no compute
+                responses[i] = pb_utils.InferenceResponse(output_tensors=[])
                 continue
             x = pb_utils.get_input_tensor_by_name(request, self.input_name).as_numpy()
             problem = self.check(x)

@@ -1,0 +1,100 @@
+"""`stsun serve` as tests drive it: a subprocess on loopback ports, and the requests clients send."""
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+from ports import free_ports, port_open
+from stsun.runtime.serving.server import child_pids, python_stubs
+
+MODEL = "sentinel2-scd"
+
+
+def http(port, path, body=None, headers=None, timeout=60):
+    """(status, parsed JSON or raw bytes) of one request; never raises on an HTTP status."""
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body, headers=headers or {},
+                                 method="POST" if body is not None else "GET")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            status, data = r.status, r.read()
+    except urllib.error.HTTPError as err:
+        status, data = err.code, err.read()
+    try:
+        return status, json.loads(data)
+    except ValueError:
+        return status, data
+
+
+class Serve:
+    """`stsun serve` in a subprocess; ``log=None`` leaves the log at its default place."""
+
+    def __init__(self, repo, tmp, ports=None, *options, log="default", cwd=None, env=None):
+        self.http, self.grpc, self.metrics = ports or free_ports(3)
+        self.log = tmp / f"triton-{self.http}.log" if log == "default" else log
+        self.out = open(tmp / f"serve-{self.http}.out", "w+")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "stsun.cli", "serve", "--repo", str(repo), "--http-port", str(self.http),
+             "--grpc-port", str(self.grpc), "--metrics-port", str(self.metrics),
+             *(["--log", str(self.log)] if self.log else []), "--drain-timeout", "30", *options],
+            stdout=self.out, stderr=subprocess.STDOUT, cwd=cwd, env=env)
+
+    def wait_ready(self, timeout=90):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.output()
+            if port_open(self.http) and http(self.http, "/v2/health/ready", timeout=2)[0] == 200:
+                return self
+            time.sleep(0.3)
+        raise AssertionError(f"not ready: {self.output()}")
+
+    def output(self):
+        self.out.flush()
+        self.out.seek(0)
+        return self.out.read()
+
+    @property
+    def tritonserver(self):
+        (pid,) = [c for c in child_pids(self.proc.pid) if b"tritonserver" in Path(f"/proc/{c}/cmdline").read_bytes()]
+        return pid
+
+    def stubs(self):
+        """model instance name -> pid of its python-backend stub."""
+        return {name: pid for pid, name in python_stubs(self.tritonserver).items()}
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(60)
+
+
+
+def wait_idle(server, model=MODEL, timeout=120):
+    """Until the model's queue is empty and its last executions are done: the next test starts
+    clean (the abandoned-requests test leaves a full queue behind)."""
+    deadline = time.monotonic() + timeout
+    pattern = rf'nv_inference_pending_request_count{{model="{model}",version="1"}} 0\b'
+    while time.monotonic() < deadline and not re.search(pattern, http(server.metrics, "/metrics")[1].decode()):
+        time.sleep(0.2)
+    time.sleep(2.0)  # executions already started (about 1 s for a batch of 8 here)
+
+
+def infer_body(x, name="x", datatype="FP32"):
+    """A binary-tensor HTTP request body and its headers."""
+    header = json.dumps({"inputs": [{"name": name, "shape": list(x.shape), "datatype": datatype,
+                                     "parameters": {"binary_data_size": x.nbytes}}],
+                         "outputs": [{"name": "logits", "parameters": {"binary_data": True}}]}).encode()
+    return header + x.tobytes(), {"Inference-Header-Content-Length": str(len(header)),
+                                  "Content-Type": "application/octet-stream"}
+
+
+def logits_of(status_and_data, batch):
+    status, data = status_and_data
+    assert status == 200, data
+    return np.frombuffer(data[-batch * 2 * 6 * 256 * 256 * 4:], np.float32).reshape(batch, 2, 6, 256, 256)
