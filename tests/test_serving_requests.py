@@ -156,3 +156,34 @@ def test_the_probe_is_the_model_s_own_and_clients_cannot_send_it():
     assert header["parameters"] == {PROBE: True} and dn.shape == (1, 3) and not dn.any()
     with pytest.raises(Refused, match=PROBE):  # over HTTP only the supervisor probes
         rewrite("m", DN, body, str(n))
+
+
+@pytest.mark.parametrize("request_id, reason", [("\ud800", "not valid Unicode"), ("a\0b", "without NUL"),
+                                                 (7, "must be a string")])
+def test_request_ids_both_sides_read_alike(request_id, reason):
+    body = json.dumps({"id": request_id, "inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 2, 3],
+                                                     "data": [0] * 6}]}).encode()
+    with pytest.raises(Refused, match=reason):
+        rewrite("m", LIMITS, body, None)
+
+
+@pytest.mark.parametrize("name", [["x"], {"x": 1}, 7])
+def test_names_that_are_not_strings_are_refused(name):
+    with pytest.raises(Refused, match="has no input"):
+        rewrite("m", LIMITS, json.dumps({"inputs": [{"name": name, "datatype": "FP32", "shape": [1, 2, 3],
+                                                      "data": [0] * 6}]}).encode(), None)
+    with pytest.raises(Refused, match="has no output"):
+        rewrite("m", LIMITS, json_request([0] * 6, outputs=[{"name": name}]), None)
+
+
+def test_integer_parameters_fit_64_bits_and_unservable_types_are_refused_at_start():
+    from stsun.errors import ServerError
+
+    for value in (2**63, 2**64):
+        with pytest.raises(Refused, match="64-bit"):
+            rewrite("m", LIMITS, json_request([0] * 6, parameters={"timeout": value}), None)
+    assert rewrite("m", LIMITS, json_request([0] * 6, parameters={"priority": 2**63 - 1}), None)
+    for dtype in ("TYPE_STRING", "TYPE_BF16"):
+        with pytest.raises(ServerError, match="cannot check"):
+            ModelLimits.from_config({"name": "t", "input": [{"name": "s", "data_type": dtype, "dims": [1]}],
+                                     "output": []})

@@ -10,18 +10,21 @@
   guard forwards the request it wrote (see there): Triton 2.51 allocates a JSON request's declared
   shape before checking it, aborted on a duplicated ``shape`` key, and segfaults on a binary body
   labelled form-urlencoded.
-- **Bounded work.** Bodies over the limit are refused from their headers (413); compressed bodies
-  are inflated here with the limit counted on the inflated bytes, and at most ``heavy_slots`` large
-  bodies are inflated or parsed at once; every upstream request has a total timeout (504).
+- **Bounded work.** Bodies over the limit are refused from their headers (413); the bodies held at
+  once add up to at most ``BODY_BUDGET`` limits (others wait for room, then 503) and each must
+  arrive within the timeout (408); compressed bodies are inflated here with the limit counted on
+  the inflated bytes, and at most ``heavy_slots`` large bodies are inflated or parsed at once;
+  every upstream request has a total timeout (504).
 While draining (shutdown) it refuses new inference and reports not-ready (503); a model the
 supervisor finds unhealthy or is reloading is not ready and refuses inference (503) meanwhile.
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
-import threading
 import zlib
+from collections.abc import AsyncIterator
 
 from aiohttp import ClientError, ClientSession, ClientTimeout, web
 from yarl import URL
@@ -37,10 +40,34 @@ HOP_BY_HOP = {"host", "content-length", "transfer-encoding", "connection", "keep
 CLIENT_HEADERS = {"accept", "accept-encoding"}  # the only client headers Triton gets
 ENCODINGS = {"identity": None, "gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 SMALL_BODY = 2**20  # checked on the event loop; larger bodies in a worker thread, a few at a time
+BODY_BUDGET = 2  # bodies held at once add up to at most this many times the body limit
 
 
 class TooLarge(Refused):
     """Answered with 413."""
+
+
+class ByteBudget:
+    """Bytes of request bodies the guard holds at once: a body is read only once its announced
+    size (the limit, when it announces none) fits, so many clients uploading large bodies
+    together wait instead of filling memory."""
+
+    def __init__(self, total: int) -> None:
+        self.total = self.free = total
+        self._changed = asyncio.Condition()
+
+    @contextlib.asynccontextmanager
+    async def hold(self, size: int, timeout: float) -> AsyncIterator[None]:
+        size = min(size, self.total)
+        async with self._changed:
+            await asyncio.wait_for(self._changed.wait_for(lambda: self.free >= size), timeout)
+            self.free -= size
+        try:
+            yield
+        finally:
+            async with self._changed:
+                self.free += size
+                self._changed.notify_all()
 
 
 def inflate(raw: bytes, encoding: str, limit: int) -> bytes:
@@ -72,6 +99,7 @@ class Guard:
 
     def __init__(self, upstream: str, admin_key: str, limits: dict[str, ModelLimits], port: int, max_body_bytes: int,
                  timeout_s: float = 60.0, open_control: bool = False, heavy_slots: int = 2) -> None:
+        # a Guard runs on an event loop it is started on (LoopThread): start() and stop() are coroutines
         self.upstream, self.admin_key, self.limits, self.port = upstream, admin_key, limits, port
         self.max_body, self.timeout_s, self.open_control = max_body_bytes, timeout_s, open_control
         self.heavy_slots = heavy_slots
@@ -81,8 +109,7 @@ class Guard:
         self.unready: dict[str, str] = {}
         self.in_flight = 0
         self._heavy: asyncio.Semaphore | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        self._bodies: ByteBudget | None = None
         self._runner: web.AppRunner | None = None
         self._session: ClientSession | None = None
 
@@ -132,10 +159,19 @@ class Guard:
         if encoding not in ENCODINGS:
             return _error(415, f"Content-Encoding {encoding!r} is not accepted; use {', '.join(ENCODINGS)}")
         try:
-            raw = await request.read()  # aiohttp stops at client_max_size (the limit)
+            async with self._bodies.hold(request.content_length or self.max_body, self.timeout_s):
+                return await self._read_and_forward(request, model, encoding)
+        except asyncio.TimeoutError:
+            return _error(503, "the server holds as many request bodies as it will; retry in a few seconds")
+
+    async def _read_and_forward(self, request: web.Request, model: str, encoding: str) -> web.StreamResponse:
+        try:  # aiohttp stops at client_max_size (the limit); a slow upload is cut off
+            raw = await asyncio.wait_for(request.read(), self.timeout_s)
         except web.HTTPRequestEntityTooLarge:
             return _error(413, f"the request body is over the limit of {self.max_body} bytes "
                                f"(stsun serve --max-request-mb)")
+        except asyncio.TimeoutError:
+            return _error(408, f"the request body did not arrive within {self.timeout_s:g} s")
         except ConnectionResetError:  # the client went away mid-body
             return _error(400, "the request body was cut off")
         work = (model, raw, encoding, request.headers.get("Inference-Header-Content-Length"))
@@ -151,8 +187,8 @@ class Guard:
             return _error(400, str(err))
         headers = {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(header_length)}
         answer = await self._forward(request, headers, body)
-        if answer.status == 404:  # a served model Triton does not have right now: unloaded for a reload
-            return _error(503, f"model '{model}' is being reloaded; retry in a few seconds")
+        if answer.status == 404 and model in self.unready:  # a served model the server is restarting without
+            return _error(503, f"not ready: {self.unready[model]}; retry in a few seconds")
         return answer
 
     def _prepare(self, model: str, raw: bytes, encoding: str, header_length: str | None) -> tuple[bytes, int]:
@@ -177,56 +213,25 @@ class Guard:
         except (ClientError, OSError) as err:
             return _error(503, f"the inference server is not reachable ({err!r}); it may be restarting")
 
-    def start(self) -> "Guard":
-        self._loop = asyncio.new_event_loop()
-        started = threading.Event()
-        failure: list[BaseException] = []
-
-        async def setup() -> None:
-            app = web.Application(client_max_size=self.max_body)
-            app.router.add_route("*", "/{tail:.*}", self._handle)
-            self._heavy = asyncio.Semaphore(self.heavy_slots)
-            # responses pass as sent, and compressed only when the client itself asked for it
-            self._session = ClientSession(timeout=ClientTimeout(total=self.timeout_s), auto_decompress=False,
-                                          skip_auto_headers=("Accept-Encoding", "User-Agent"))
-            # request bodies arrive as sent: inflate() bounds them, aiohttp would not
-            self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0,  # drained before stop()
-                                         auto_decompress=False)
-            await self._runner.setup()
-            await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
-
-        def run() -> None:
-            asyncio.set_event_loop(self._loop)
-            try:
-                self._loop.run_until_complete(setup())
-            except BaseException as err:  # reported to start()'s caller
-                failure.append(err)
-                started.set()
-                return
-            started.set()
-            self._loop.run_forever()
-
-        self._thread = threading.Thread(target=run, name="stsun-guard", daemon=True)
-        self._thread.start()
-        started.wait()
-        if failure:
-            raise ServerError(f"the HTTP front could not listen on 127.0.0.1:{self.port}: {failure[0]}")
-        return self
-
-    def stop(self) -> None:
-        if self._loop is None:
-            return
-
-        async def teardown() -> None:
-            await self._runner.cleanup()
-            await self._session.close()
-
-        done = asyncio.run_coroutine_threadsafe(teardown(), self._loop)
+    async def start(self) -> None:
+        """Listen (on the fronts' event loop); raises ServerError when the port cannot be had."""
+        app = web.Application(client_max_size=self.max_body)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._heavy = asyncio.Semaphore(self.heavy_slots)
+        self._bodies = ByteBudget(BODY_BUDGET * self.max_body)
+        # responses pass as sent, and compressed only when the client itself asked for it
+        self._session = ClientSession(timeout=ClientTimeout(total=self.timeout_s), auto_decompress=False,
+                                      skip_auto_headers=("Accept-Encoding", "User-Agent"))
+        # request bodies arrive as sent: inflate() bounds them, aiohttp would not
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0,  # drained before stop()
+                                     auto_decompress=False)
+        await self._runner.setup()
         try:
-            done.result(15)
-        except TimeoutError:  # a client that keeps its connection open does not hold up the stop
-            done.cancel()
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-        self._loop.close()
-        self._loop = None
+            await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+        except OSError as err:
+            await self.stop()
+            raise ServerError(f"the HTTP front could not listen on 127.0.0.1:{self.port}: {err}") from None
+
+    async def stop(self) -> None:
+        await self._runner.cleanup()
+        await self._session.close()

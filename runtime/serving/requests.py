@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 from tritonclient.utils import triton_to_np_dtype
 
+from stsun.errors import ServerError
+
 DIGITS = re.compile(r"[0-9]{1,12}")  # ASCII only: "²".isdigit() is true, int("²") raises
 REQUEST_KEYS = {"id", "parameters", "inputs", "outputs"}
 INPUT_KEYS = {"name", "shape", "datatype", "parameters", "data"}
@@ -25,6 +27,9 @@ OUTPUT_KEYS = {"name", "parameters"}
 # request parameters with a meaning here: the queue-timeout override, priority, binary outputs
 REQUEST_PARAMETERS = {"timeout": int, "priority": int, "binary_data_output": bool}
 JSON_TYPES = {"FP": (int, float), "INT": (int,), "UINT": (int,), "BOOL": (bool,)}
+SERVED_TYPES = ("BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32",
+                "FP64")  # fixed-size types numpy holds; no BYTES (length-prefixed) or BF16
+INT64_MAX = 2**63 - 1  # Triton parses integer parameters into 64 bits
 
 
 class Refused(ValueError):
@@ -40,10 +45,11 @@ class ModelLimits:
     @classmethod
     def from_config(cls, config: dict) -> "ModelLimits":
         # a configuration's TYPE_FP32 is the protocol's FP32 (TYPE_STRING is BYTES)
-        return cls(int(config.get("max_batch_size", 0)),
-                   {i["name"]: (i["data_type"].removeprefix("TYPE_").replace("STRING", "BYTES"),
-                                tuple(int(d) for d in i["dims"])) for i in config["input"]},
-                   frozenset(o["name"] for o in config["output"]))
+        inputs = {i["name"]: (i["data_type"].removeprefix("TYPE_").replace("STRING", "BYTES"),
+                              tuple(int(d) for d in i["dims"])) for i in config["input"]}
+        if bad := sorted(f"{n} ({t})" for n, (t, _) in inputs.items() if t not in SERVED_TYPES):
+            raise ServerError(f"model '{config.get('name')}' has inputs the guard cannot check: {', '.join(bad)}")
+        return cls(int(config.get("max_batch_size", 0)), inputs, frozenset(o["name"] for o in config["output"]))
 
     def max_binary_bytes(self) -> int:
         return sum(np.dtype(triton_to_np_dtype(dt)).itemsize * max(self.max_batch, 1) * math.prod(dims)
@@ -52,7 +58,7 @@ class ModelLimits:
     def shape_problem(self, model: str, inp: dict) -> str | None:
         """Why this input's name, datatype or shape is refused, or None."""
         name = inp.get("name")
-        if name not in self.inputs:
+        if not isinstance(name, str) or name not in self.inputs:
             return f"model '{model}' has no input {name!r}; its inputs are {sorted(self.inputs)}"
         dtype, dims = self.inputs[name]
         if inp.get("datatype") != dtype:
@@ -107,8 +113,8 @@ def _parameters(what: str, params: object, allowed: dict[str, type]) -> dict:
     for key, value in params.items():
         kind = allowed[key]
         # bool is an int to Python, not to the protocol
-        if type(value) is not kind or (kind is int and value < 0):
-            raise Refused(f"parameter {key!r} of {what} must be a {'non-negative integer' if kind is int else 'boolean'}, "
+        if type(value) is not kind or (kind is int and not 0 <= value <= INT64_MAX):
+            raise Refused(f"parameter {key!r} of {what} must be a {'non-negative 64-bit integer' if kind is int else 'boolean'}, "
                           f"got {value!r}")
     return params
 
@@ -145,6 +151,18 @@ def tensor_from_json(name: str, data: object, datatype: str, shape: list[int]) -
         raise Refused(f"input '{name}' ({datatype}) has a number beyond the float range") from None
 
 
+def request_id(value: object) -> str:
+    """A request id both sides read alike: a string of encodable text without NUL (Triton's C
+    strings end there)."""
+    if not isinstance(value, str) or "\0" in value:
+        raise Refused("the request 'id' must be a string without NUL characters")
+    try:
+        value.encode()
+    except UnicodeEncodeError:  # a lone surrogate from a \ud800 escape
+        raise Refused("the request 'id' is not valid Unicode text") from None
+    return value
+
+
 def rewrite(model: str, limits: ModelLimits, body: bytes, header_length: str | None) -> tuple[bytes, int]:
     """The request to forward (a JSON header of ours, then every input as binary data) and its
     header's length; raises ``Refused`` with the reason for anything else."""
@@ -157,6 +175,8 @@ def rewrite(model: str, limits: ModelLimits, body: bytes, header_length: str | N
     else:
         n = int(header_length)
     request = _check_keys("the request", parse_json(body[:n]), REQUEST_KEYS)
+    if "id" in request:
+        request_id(request["id"])
     inputs = request.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         raise Refused("the request has no 'inputs' list")
@@ -191,8 +211,6 @@ def rewrite(model: str, limits: ModelLimits, body: bytes, header_length: str | N
                       f"takes {offset - n}")
     header = {"inputs": forwarded}
     if "id" in request:
-        if not isinstance(request["id"], str):
-            raise Refused("the request 'id' must be a string")
         header["id"] = request["id"]
     if "parameters" in request:
         header["parameters"] = _parameters("the request", request["parameters"], REQUEST_PARAMETERS)
@@ -202,7 +220,7 @@ def rewrite(model: str, limits: ModelLimits, body: bytes, header_length: str | N
             raise Refused("the request 'outputs' must be a list")
         for out in outputs:
             _check_keys("each output", out, OUTPUT_KEYS)
-            if out.get("name") not in limits.outputs:
+            if not isinstance(out.get("name"), str) or out["name"] not in limits.outputs:
                 raise Refused(f"model '{model}' has no output {out.get('name')!r}; its outputs are "
                               f"{sorted(limits.outputs)}")
             _parameters(f"output '{out['name']}'", out.get("parameters", {}), {"binary_data": bool})

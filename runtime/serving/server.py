@@ -1,8 +1,10 @@
 """Start a real Triton Inference Server (the binary shipped in nvidia-pytriton) on 127.0.0.1.
 
-That wheel carries only the python backend, so only python-backend models are loaded
-(explicit model control); the onnxruntime_onnx / tensorrt_plan flavours are for NVIDIA's
-container. Nothing is downloaded or installed at run time.
+That wheel carries only the python backend, so only python-backend models are served: the server
+reads a private repository of links to them (the onnxruntime_onnx / tensorrt_plan flavours are
+for NVIDIA's container). Model control is off unless asked for: with ``--model-control-mode=none``
+the load and unload APIs do not exist, for anyone (loading a python model runs its code).
+Nothing is downloaded or installed at run time.
 
 The process never outlives its parent (the kernel kills it when the thread that started it
 dies, SIGKILL included), its log goes to a file (quoted when it fails), its ports are checked
@@ -19,6 +21,7 @@ import re
 import secrets
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import sysconfig
@@ -26,7 +29,6 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections import deque
 from pathlib import Path
 
 from stsun.errors import ServerError
@@ -131,14 +133,17 @@ class TritonServer:
 
     def __init__(self, repo: str | Path, http_port: int = 8000, grpc_port: int = 8001, metrics_port: int = 8002,
                  log: str | Path | None = None, exit_timeout_s: int = 10,
-                 http_public: tuple[str, ...] = CLIENT_APIS, grpc_public: tuple[str, ...] = CLIENT_APIS) -> None:
+                 http_public: tuple[str, ...] = CLIENT_APIS, grpc_public: tuple[str, ...] = CLIENT_APIS,
+                 model_control: bool = False) -> None:
         """APIs outside ``http_public`` / ``grpc_public`` answer only requests that carry the
-        ``stsun-admin-key`` header with ``admin_key``, a secret made here (the control APIs load
-        models, which runs any code as this user: Triton's secure-deployment guide)."""
+        ``stsun-admin-key`` header with ``admin_key``, a secret made here. ``model_control`` turns
+        on the load/unload APIs (explicit mode), which run any code a caller uploads as this user
+        (Triton's secure-deployment guide); off, they do not exist."""
         self.repo = Path(repo).resolve()
         self.admin_key = secrets.token_urlsafe(32)
         self.restricted = {"http": [a for a in ALL_APIS if a not in http_public],
                            "grpc": [a for a in ALL_APIS if a not in grpc_public]}
+        self.model_control = model_control
         self.ports = {"http": http_port, "grpc": grpc_port, "metrics": metrics_port}
         self.log = Path(log) if log else Path(tempfile.gettempdir()) / f"stsun-triton-{http_port}.log"
         self.exit_timeout_s = exit_timeout_s
@@ -146,7 +151,7 @@ class TritonServer:
         self.models: list[str] = []
         self.shm_prefix = f"{SHM_PREFIX}{os.getpid()}_{http_port}_"
         self.log_error: str | None = None
-        self._backends: tempfile.TemporaryDirectory | None = None
+        self._private: tempfile.TemporaryDirectory | None = None  # backend folder and model links
 
     @property
     def http_url(self) -> str:
@@ -156,12 +161,18 @@ class TritonServer:
     def grpc_url(self) -> str:
         return f"127.0.0.1:{self.ports['grpc']}"
 
-    def _backend_dir(self, root: Path) -> Path:
-        # The server wants python/{libtriton_python.so, utils, stub} side by side. Links, not
-        # copies: a copied stub loses its relative RPATH and the model hangs in loading.
-        self._backends = tempfile.TemporaryDirectory(prefix="stsun-triton-backends-")
-        py = Path(self._backends.name) / "python"
-        py.mkdir()
+    def _private_dirs(self, root: Path, models: list[str]) -> tuple[Path, Path]:
+        """(backend directory, model repository) of this server, in a temporary folder.
+
+        The server wants python/{libtriton_python.so, utils, stub} side by side: links, not
+        copies (a copied stub loses its relative RPATH and the model hangs in loading). The
+        repository links only the python models, so with model control off the server loads
+        exactly those."""
+        self._private = tempfile.TemporaryDirectory(prefix="stsun-triton-")
+        base = Path(self._private.name)
+        py, repo = base / "backends" / "python", base / "models"
+        py.mkdir(parents=True)
+        repo.mkdir()
         version = f"{sys.version_info.major}.{sys.version_info.minor}"
         stub = root / "python_backend_stubs" / version / "triton_python_backend_stub"
         if not stub.is_file():
@@ -169,7 +180,9 @@ class TritonServer:
         for src in (root / "backends" / "python" / "libtriton_python.so",
                     root / "backends" / "python" / "triton_python_backend_utils.py", stub):
             (py / src.name).symlink_to(src)
-        return Path(self._backends.name)
+        for m in models:
+            (repo / m).symlink_to(self.repo / m)
+        return py.parent, repo
 
     def _open_log(self):
         """The log file, appended (a restart keeps what the crash before it wrote), or None when it
@@ -191,12 +204,18 @@ class TritonServer:
             return None
 
     def log_tail(self, lines: int = 5) -> str:
+        """The log's last lines, read from its last 64 kB (a log that is no regular file, such as
+        /dev/full, has none: reading it would never end)."""
         try:
-            with open(self.log, errors="replace") as f:
-                tail = deque((ln.rstrip() for ln in f if ln.strip()), maxlen=lines)
+            with open(self.log, "rb") as f:
+                info = os.fstat(f.fileno())
+                if not stat.S_ISREG(info.st_mode):
+                    return ""
+                f.seek(max(0, info.st_size - 2**16))
+                text = f.read().decode(errors="replace")
         except OSError:
             return ""
-        return " | ".join(tail)
+        return " | ".join([ln.rstrip() for ln in text.splitlines() if ln.strip()][-lines:])
 
     def _failed(self, what: str) -> ServerError:
         self.stop()
@@ -218,9 +237,11 @@ class TritonServer:
         # (this interpreter's environment first) and needs the matching libpython.
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         env["LD_LIBRARY_PATH"] = f"{sysconfig.get_config_var('LIBDIR')}{os.pathsep}{env.get('LD_LIBRARY_PATH', '')}"
-        cmd = [str(root / "bin" / "tritonserver"), f"--model-repository={self.repo}",
-               f"--backend-directory={self._backend_dir(root)}", "--model-control-mode=explicit",
-               *[f"--load-model={m}" for m in models],
+        backends, repo = self._private_dirs(root, models)
+        control = ["--model-control-mode=explicit", *[f"--load-model={m}" for m in models]] if self.model_control \
+            else ["--model-control-mode=none"]
+        cmd = [str(root / "bin" / "tritonserver"), f"--model-repository={repo}", f"--backend-directory={backends}",
+               *control,
                f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
                "--http-address=127.0.0.1", "--grpc-address=127.0.0.1", "--metrics-address=127.0.0.1",
                f"--http-port={self.ports['http']}", f"--grpc-port={self.ports['grpc']}",
@@ -268,31 +289,6 @@ class TritonServer:
             raise ServerError(f"model '{model}' has no configuration on the server (HTTP {status})")
         return json.loads(body)
 
-    def reload(self, model: str, timeout: float = 30.0) -> None:
-        """Unload (not ready from then on), then load again at once: the requests the old
-        instances still hold finish or fail on their own, while the new ones start."""
-        self._call("POST", f"/v2/repository/models/{model}/unload")
-        status, body = self._call("POST", f"/v2/repository/models/{model}/load", timeout)
-        if status != 200:
-            raise ServerError(f"reloading model '{model}' failed (HTTP {status}): {body.decode(errors='replace')[:200]}")
-
-    def wait_unloaded(self, models: list[str], timeout: float) -> None:
-        """Until no model of ``models`` is loaded or unloading (its in-flight requests are done):
-        readiness turns false as soon as an unload starts, the repository index only at its end."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            status, body = self._call("POST", "/v2/repository/index")
-            if status != 200:
-                return  # the server is gone: nothing is loaded
-            busy = {m["name"] for m in json.loads(body) if m.get("state") in ("READY", "UNLOADING", "LOADING")}
-            if not busy & set(models):
-                return
-            time.sleep(0.1)
-
-    def unload_all(self) -> None:
-        for m in self.models:
-            self._call("POST", f"/v2/repository/models/{m}/unload")
-
     def stubs(self) -> dict[int, str]:
         """pid -> model instance name of the live python-backend stubs."""
         return {} if self.proc is None or self.proc.poll() is not None else python_stubs(self.proc.pid)
@@ -309,9 +305,9 @@ class TritonServer:
             self.proc.wait()
             for f in SHM_DIR.glob(self.shm_prefix + "*"):  # whatever the stubs left is ours to remove
                 f.unlink(missing_ok=True)
-        if self._backends is not None:
-            self._backends.cleanup()
-            self._backends = None
+        if self._private is not None:
+            self._private.cleanup()
+            self._private = None
 
     def __enter__(self) -> "TritonServer":
         return self.start()
