@@ -44,7 +44,7 @@ COG_BLOCK = 256  # also the tile size: maps of a few tiles still get overviews
 class SceneOptions:
     overlap: int | None = None      # pixels shared by neighbouring tiles (default: tile / 4)
     align: bool = False             # reproject later dates onto the first date's grid
-    dn_offset: float | None = None  # added to raw values before scaling (default: the profile's)
+    dn_offset: float | None = None  # added to raw values before scaling (default: the product's, else the profile's)
     probabilities: bool = False     # also write OUT.probs.tif
     probabilities_encoding: str = "float32"
     mask_quality: bool = False      # the product's quality band (SCL / QA_PIXEL) masks cloud, shadow, no data
@@ -107,8 +107,7 @@ def open_dates(paths: list[Path], engine: Engine, options: SceneOptions,
         if not _overlaps(own, grid):
             raise SceneError(f"{date.source} does not overlap the first date ({own.describe()} vs {grid.describe()}): "
                              f"nothing to compare")
-    offset = p.scaling.dn_offset if options.dn_offset is None else options.dn_offset
-    return grid, [DateReader(d, p, grid, stack, offset, options.mask_quality) for d in dates]
+    return grid, [DateReader(d, p, grid, stack, options.dn_offset, options.mask_quality) for d in dates]
 
 
 def _overlaps(a: Grid, b: Grid) -> bool:
@@ -221,7 +220,7 @@ def predict_scene(engine: Engine, dates: list[str | Path], out: str | Path, opti
                 written = writer.submit(consume, ri, y0, chunks, results, valid)
             written.result()
             dst.update_tags(profile=p.name, task=p.task, classes=",".join(p.classes), backend=engine.backend,
-                            encoding=ENCODING)
+                            encoding=ENCODING, dn_offset=json.dumps([r.dn_offsets() for r in readers]))
             colours = CHANGE_COLOURS if p.task == "bcd" else class_colours(p.c_out)
             # TIFF palettes exist for single-band images only; every map also carries its colours as a tag
             dst.update_tags(colormap=json.dumps({i: c for i, c in enumerate(colours)}))
@@ -344,9 +343,8 @@ def preview(dates: list[str | Path], prediction: str | Path, path: str | Path, p
             full = native_grid(resolve_date(dates[0], profile), profile)
             small = Grid(full.crs, full.transform * Affine.scale(full.width / shape[1], full.height / shape[0]),
                          shape[1], shape[0])
-            offset = profile.scaling.dn_offset if dn_offset is None else dn_offset
             for t, d in enumerate(dates):
-                x, _ = DateReader(resolve_date(d, profile), profile, small, stack, offset).read(
+                x, _ = DateReader(resolve_date(d, profile), profile, small, stack, dn_offset).read(
                     rasterio.windows.Window(0, 0, shape[1], shape[0]))
                 rgb = x[[profile.band_names.index(b) for b in profile.rgb_bands]]
                 panels.append((f"date {t + 1}: RGB", np.clip(rgb.transpose(1, 2, 0) * 3.5, 0, 1), None))

@@ -264,8 +264,9 @@ def predict(
                                                           "default fp32, compiled on a GPU bf16).")] = None,
     overlap: Annotated[Optional[int], typer.Option(help="Tile overlap in pixels (default: tile / 4).")] = None,
     align: Annotated[bool, typer.Option(help="Reproject later dates onto the first date's grid.")] = False,
-    dn_offset: Annotated[Optional[float], typer.Option(help="Added to raw values before scaling (default: the profile's "
-                                                            "scaling.dn_offset; Sentinel-2 baseline >= 04.00: -1000).")] = None,
+    dn_offset: Annotated[Optional[float], typer.Option(help="Added to raw values before scaling, for every band "
+                                                            "(default: the product's metadata, e.g. a Sentinel-2 SAFE's "
+                                                            "BOA_ADD_OFFSET, else the profile's scaling.dn_offset).")] = None,
     probabilities: Annotated[bool, typer.Option(help="Also write OUTPUT.probs.tif.")] = False,
     probabilities_encoding: Annotated[str, typer.Option(help="float32, or uint8 (p * 254, 255 = nodata, band scale "
                                                              "1/254: a quarter of the size).")] = "float32",
@@ -324,7 +325,7 @@ def predict_many(
     overlap: Annotated[Optional[int], typer.Option(help="Tile overlap in pixels (default: tile / 4).")] = None,
     align: Annotated[bool, typer.Option(help="Reproject later dates onto the first date's grid.")] = False,
     dn_offset: Annotated[Optional[float], typer.Option(help="Added to raw values before scaling (default: the "
-                                                            "profile's).")] = None,
+                                                            "product's metadata, else the profile's).")] = None,
     mask_quality: Annotated[bool, typer.Option(help="Mask cloud, shadow, saturated and no-data pixels with the "
                                                     "product's quality band.")] = False,
 ) -> None:
