@@ -297,7 +297,7 @@ def read_strip(readers: list[DateReader], p, y0: int, tile: int, width: int, hei
     for t, reader in enumerate(readers):
         valid[:h, :width] &= reader.read_into(window, strip[t, :, :h, :width])
     if not valid.all():  # nodata (NaN included) never reaches the engine, which would reject NaN
-        np.copyto(strip, p.nodata if raw else 0.0, where=~valid)  # a DN model zeroes nodata itself
+        strip[..., ~valid] = p.nodata if raw else 0.0  # cast to the strip's dtype; a DN model zeroes nodata itself
     return strip, valid
 
 
