@@ -89,6 +89,57 @@ def check_output(out: Path, dates: list[Path]) -> None:
         raise io_failure(err, out, writing=True) from None
 
 
+def check_resources(p, grid: Grid, out: Path, count: int, dtype: str, options: SceneOptions, tile: int,
+                    stride: int, block_rows: int) -> None:
+    """Refuse, before any compute, a scene whose working files do not fit on the output's disk or
+    whose strips do not fit in the memory available (both scale with the scene, the strips with
+    its width)."""
+    import shutil
+
+    height, width = grid.shape
+    pixels = height * width
+    disk = pixels * count * np.dtype(dtype).itemsize  # the uncompressed working map, before its COG copy
+    if options.probabilities:
+        disk += pixels * p.t_out * p.c_out * (1 if options.probabilities_encoding == "uint8" else 4)
+    free = shutil.disk_usage(out.parent).free
+    size = f"{width} x {height} px"
+    if disk > free:
+        raise SceneError(f"the map of this {size} scene needs about {_gb(disk)} on disk while it is written "
+                         f"(uncompressed{', probabilities included' if options.probabilities else ''}), and "
+                         f"{out.parent} has {_gb(free)} free: write it to a larger disk, or split the scene")
+    w = width + max(0, tile - width)
+    strip = p.t_in * p.c_in * tile * w * 4
+    logits = p.t_out * p.c_out * tile * w * 4
+    # strips read ahead, in the engine and batched (tiles overlap: tile / stride), the accumulator,
+    # logits in flight and the writer's temporaries, GDAL's block cache
+    memory = int(strip * (2 + tile / stride) + logits * (3 + 2 * tile / stride) + tile * w * 4
+                 + max(256 << 20, 3 * block_rows))
+    available = available_memory()
+    if available is not None and memory > available:
+        raise SceneError(f"a {size} scene needs about {_gb(memory)} of memory (strips of {tile} x {width} px "
+                         f"across {p.t_in} dates and {p.c_in} bands), and {_gb(available)} is available: "
+                         f"split the scene into narrower pieces, or use a machine with more memory")
+
+
+def _gb(n: int) -> str:
+    return f"{n / 1e9:,.1f} GB"
+
+
+def available_memory() -> int | None:
+    """Bytes this process may still allocate: the system's available memory, capped by a cgroup
+    (container) limit; None where neither can be read."""
+    found = []
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                found.append(int(line.split()[1]) * 1024)
+    with contextlib.suppress(OSError, ValueError):
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            found.append(int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text()))
+    return min(found) if found else None
+
+
 def open_dates(paths: list[Path], engine: Engine, options: SceneOptions,
                stack: contextlib.ExitStack) -> tuple[Grid, list[DateReader]]:
     """Resolve every date, put them on the first date's grid, and open their readers."""
@@ -151,6 +202,7 @@ def predict_scene(engine: Engine, dates: list[str | Path], out: str | Path, opti
             height, width = grid.shape
             rows, cols = tile_starts(height, tile, stride), tile_starts(width, tile, stride)
             pad_w = max(0, tile - width)  # scenes narrower than a tile (a short one is padded by the strip)
+            check_resources(p, grid, out, count, dtype, options, tile, stride, block_rows)
             meta = {"driver": "GTiff", "width": width, "height": height, "count": count, "dtype": dtype,
                     "nodata": nodata, "crs": grid.crs, "transform": grid.transform, "tiled": True,
                     "blockxsize": COG_BLOCK, "blockysize": COG_BLOCK,

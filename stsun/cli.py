@@ -9,14 +9,22 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.text import Text
 from typer.core import TyperCommand, TyperGroup
 
 from stsun.errors import StsunError
 from stsun.precision import PRECISIONS
 from stsun.profiles import Profile, builtin_profiles, load_profile
 
-console = Console()
-errors = Console(stderr=True)
+# Markup and highlighting off: paths, ids and GDAL's messages are printed verbatim ("[map.tif: ...]"
+# would otherwise be read as a markup tag and vanish); styled words are Text.
+console = Console(markup=False, highlight=False)
+errors = Console(stderr=True, markup=False, highlight=False)
+
+
+def styled(label: str, style: str, message: str) -> Text:
+    """``label`` in ``style``, then ``message`` as it is."""
+    return Text.assemble((label, style), " ", message)
 
 
 DEBUG_ENV = "STSUN_DEBUG"  # or --debug: expected failures keep their traceback too
@@ -43,7 +51,7 @@ class _OneLineErrors:
                 raise
             message = str(err) if isinstance(err, StsunError) else f"{err.strerror or err}: {err.filename or ''}".rstrip(": ")
             message = message or type(err).__name__  # some OSErrors (a timeout) carry no text
-            errors.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+            errors.print(styled("error:", "bold red", message), soft_wrap=True)
             raise typer.Exit(2) from None
 
 
@@ -356,7 +364,7 @@ def predict_many(
                   f"report: {outdir / REPORT_NAME}", highlight=False, soft_wrap=True)
     for job in report["jobs"]:
         if job["status"] == "failed":
-            errors.print(f"[bold red]failed:[/] {job['id']}: {job['error']}", highlight=False, soft_wrap=True)
+            errors.print(styled("failed:", "bold red", f"{job['id']}: {job['error']}"), soft_wrap=True)
     if counts["failed"]:
         raise typer.Exit(1)
 
