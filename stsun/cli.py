@@ -369,6 +369,41 @@ def predict_many(
         raise typer.Exit(1)
 
 
+@app.command()
+def demo(
+    output: Annotated[Path, typer.Option("-o", "--output", help="Folder to write the demo inputs into.")],
+    size: Annotated[int, typer.Option(min=256, help="Width and height of the Sentinel-2 scene, pixels.")] = 512,
+) -> None:
+    """Write inputs to try every journey on: a two-date Sentinel-2 scene, the same dates as SAFE
+    products and as STAC items (with an ItemCollection), and a LEVIR-style change dataset with a
+    256 px profile; then print the commands that use them."""
+    import shlex
+
+    from stsun.demo import write_demo
+
+    w = write_demo(output, size=size)
+    q = lambda p: shlex.quote(str(p))  # noqa: E731
+    out, build, stac = output / "out", Path("build") / "sentinel2-scd", w["catalogue"].parent
+    console.print(f"wrote a {size} x {size} px two-date Sentinel-2 scene ({q(w['scene'])}), its SAFE products "
+                  f"(baseline 05.10, {q(w['safe1'].parent)}), STAC items ({q(stac)}) and a LEVIR-style dataset "
+                  f"({q(w['levir'])}, profile {q(w['levir_profile'])}). Next:", soft_wrap=True)
+    commands = [
+        *([f"python export/build_engine.py --profile sentinel2-scd"] if not (build / "build_report.json").is_file() else []),
+        f"stsun predict {q(w['scene'] / 'date1.tif')} {q(w['scene'] / 'date2.tif')} --engine {build} "
+        f"-o {q(out / 'scene.tif')} --preview {q(out / 'scene.png')}",
+        f"stsun predict {q(w['safe1'])} {q(w['safe2'])} --engine {build} -o {q(out / 'safe.tif')}",
+        f"stsun predict {q(stac / 'date1' / 'item.json')} {q(stac / 'date2' / 'item.json')} --engine {build} "
+        f"-o {q(out / 'stac.tif')}",
+        f"stsun predict-many {q(w['catalogue'])} --engine {build} -o {q(out / 'many')}",
+        f"stsun train --data {q(w['levir'])} --profile {q(w['levir_profile'])} --epochs 2 "
+        f"--out {q(out / 'levir.safetensors')}",
+        f"stsun evaluate --data {q(w['levir'])} --profile {q(w['levir_profile'])} "
+        f"--checkpoint {q(out / 'levir.safetensors')}",
+    ]
+    for command in commands:
+        console.print(f"  {command}", soft_wrap=True)
+
+
 @app.command("calibrate-bn")
 def calibrate_bn(
     checkpoint: Annotated[Path, typer.Option(help="Checkpoint to calibrate.")],
