@@ -50,6 +50,42 @@ class SceneOptions:
     mask_quality: bool = False      # the product's quality band (SCL / QA_PIXEL) masks cloud, shadow, no data
     progress: bool = True
     timings: dict | None = None     # if given, filled with seconds per stage (benchmarks/scene.py)
+    summary: dict | None = None     # if given, filled with the map's areas (see ``Tally.summary``)
+
+
+class Tally:
+    """Pixel counts of the map's bands, gathered as its rows are written: per class band the
+    pixels of each class, per change band (bcd, scd from-to) the changed pixels."""
+
+    def __init__(self, p, count: int) -> None:
+        self.p, self.valid, self.total = p, 0, 0
+        self.hist = np.zeros((count, max(p.c_out, 2)), np.int64)
+
+    def add(self, bands: np.ndarray, valid: np.ndarray) -> None:
+        self.valid += int(valid.sum())
+        self.total += valid.size
+        for b, band in enumerate(bands):
+            values = band[valid]
+            if self.p.task == "scd" and b >= self.p.t_out:
+                values = values > 0
+            self.hist[b] += np.bincount(values.ravel().astype(np.int64), minlength=self.hist.shape[1])
+
+    def summary(self) -> dict:
+        """{"km2": area with data, "valid_share", "bands": {band: {class or "changed": share of the
+        area with data}}, "changed_km2": {change band: km2}}."""
+        p = self.p
+        km2 = (p.gsd_m / 1000) ** 2
+        out = {"km2": round(self.valid * km2, 4), "valid_share": round(self.valid / max(self.total, 1), 4),
+               "bands": {}, "changed_km2": {}}
+        for b, hist in enumerate(self.hist):
+            name = band_name(p, b)
+            if p.task == "bcd" or (p.task == "scd" and b >= p.t_out):
+                out["bands"][name] = {"changed": round(hist[1] / max(self.valid, 1), 4)}
+                out["changed_km2"][name] = round(hist[1] * km2, 4)
+            else:
+                labels = p.classes if p.c_out > 1 else (f"not {p.classes[0]}", p.classes[0])
+                out["bands"][name] = {c: round(hist[i] / max(self.valid, 1), 4) for i, c in enumerate(labels)}
+        return out
 
 
 def hann_weights(size: int) -> np.ndarray:
@@ -219,6 +255,7 @@ def predict_scene(engine: Engine, dates: list[str | Path], out: str | Path, opti
             # closed on the way out too, so an error message starts on a line of its own
             bar = stack.enter_context(tqdm(total=len(rows) * len(cols), desc=f"{p.name} tiles", unit="tile",
                                            disable=not options.progress))
+            tally = Tally(p, count)
             acc = np.zeros((p.t_out, p.c_out, tile, width + pad_w), np.float32)
             wsum = np.zeros((tile, width + pad_w), np.float32)
             acc_top = 0  # scene row held by accumulator row 0
@@ -251,7 +288,7 @@ def predict_scene(engine: Engine, dates: list[str | Path], out: str | Path, opti
                     bar.update(len(cols) - sum(map(len, chunks)))  # tiles with no data: skipped
                     n = (rows[ri + 1] if ri + 1 < len(rows) else height) - y0  # rows no later tile touches
                     write_rows(dst, probs_dst, acc[:, :, :n, :width], wsum[:n, :width], valid[:n, :width],
-                               p, nodata, Window(0, y0, width, n))
+                               p, nodata, Window(0, y0, width, n), tally)
 
             pending = reader.submit(read, rows[0])
             written = None
@@ -286,6 +323,10 @@ def predict_scene(engine: Engine, dates: list[str | Path], out: str | Path, opti
                     probs_dst.set_band_description(b + 1, f"p_date{b // p.c_out + 1}_{p.classes[b % p.c_out]}")
                 if options.probabilities_encoding == "uint8":
                     probs_dst.scales = [1 / 254] * (p.t_out * p.c_out)
+                probs_dst.update_tags(profile=p.name, task=p.task, classes=",".join(p.classes), backend=engine.backend,
+                                      encoding=f"band p_dateT_CLASS: the probability of CLASS on date T "
+                                               f"({options.probabilities_encoding}"
+                                               f"{': round(p * 254), 255 = nodata' if u8 else ', NaN = nodata'})")
                 probs_dst.close()
             with clock("COG copy"), contextlib.ExitStack() as placed:  # both made before either is in place
                 to_cog(work / "map.tif", placed.enter_context(atomic_path(out, suffix=".tmp.tif")), "MODE")
@@ -296,6 +337,8 @@ def predict_scene(engine: Engine, dates: list[str | Path], out: str | Path, opti
         raise io_failure(err, out, writing=True) from None
     if options.timings is not None:
         options.timings.update(clock.seconds)
+    if options.summary is not None:
+        options.summary.update(tally.summary())
     return out
 
 
@@ -353,9 +396,12 @@ def read_strip(readers: list[DateReader], p, y0: int, tile: int, width: int, hei
     return strip, valid
 
 
-def write_rows(dst, probs_dst, acc: np.ndarray, wsum: np.ndarray, valid: np.ndarray, p, nodata: int, window) -> None:
+def write_rows(dst, probs_dst, acc: np.ndarray, wsum: np.ndarray, valid: np.ndarray, p, nodata: int, window,
+               tally: Tally | None = None) -> None:
     logits = acc / np.maximum(wsum, 1e-12)[None, None]  # pixels no tile covered are nodata anyway
     bands = encode_maps(logits[None], p.task, p.c_out)[0]
+    if tally is not None:
+        tally.add(bands, valid)
     bands[:, ~valid] = nodata
     dst.write(bands.astype(dst.dtypes[0]), window=window)
     if probs_dst is not None:

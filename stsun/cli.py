@@ -294,12 +294,29 @@ def predict(
     engine = load_engine(engine_dir, backend=backend, precision=precision, **remote)
     if profile and load_profile(profile).name != engine.profile.name:
         raise EngineError(f"{engine_dir} was built for profile '{engine.profile.name}', not '{profile}'")
+    summary: dict = {}
     predict_scene(engine, list(dates), output, SceneOptions(
         overlap=overlap, align=align, dn_offset=dn_offset, probabilities=probabilities,
-        probabilities_encoding=probabilities_encoding, mask_quality=mask_quality))
+        probabilities_encoding=probabilities_encoding, mask_quality=mask_quality, summary=summary))
     if preview:
         write_preview(list(dates), output, preview, engine.profile, dn_offset=dn_offset)
-    console.print(f"wrote {output}")
+    written = [output] + ([output.with_suffix(".probs.tif")] if probabilities else []) + ([preview] if preview else [])
+    console.print(f"wrote {', '.join(map(str, written))}", soft_wrap=True)
+    for line in summary_lines(summary):
+        console.print(line, soft_wrap=True)
+
+
+def summary_lines(summary: dict, shown: int = 6) -> list[str]:
+    """A map's summary (``Tally.summary``) in a few lines: area with data, the largest classes per
+    date, the changed area."""
+    lines = [f"area with data: {summary['km2']:,.2f} km² ({summary['valid_share']:.1%} of the scene)"]
+    for band, shares in summary["bands"].items():
+        if band in summary["changed_km2"]:
+            lines.append(f"{band}: changed {summary['changed_km2'][band]:,.2f} km² ({shares['changed']:.1%})")
+        else:
+            top = sorted(shares.items(), key=lambda kv: -kv[1])[:shown]
+            lines.append(f"{band}: " + ", ".join(f"{c} {v:.1%}" for c, v in top))
+    return lines
 
 
 @app.command("predict-many")

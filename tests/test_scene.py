@@ -141,10 +141,21 @@ def test_every_local_backend_gives_the_same_map(scd_build, tmp_path):
 def test_probabilities_output(scd_build, tmp_path):
     engine = load_engine(scd_build, backend="onnxruntime")
     files = write_scene(engine.profile, tmp_path / "in", size=256, seed=7)
-    predict_scene(engine, files["dates"], tmp_path / "p.tif", SceneOptions(probabilities=True, progress=False))
+    summary = {}
+    predict_scene(engine, files["dates"], tmp_path / "p.tif", SceneOptions(probabilities=True, progress=False,
+                                                                           summary=summary))
     probs, prof, _ = read(tmp_path / "p.probs.tif")
     assert probs.shape == (2 * 6, 256, 256) and prof["dtype"] == "float32"
     np.testing.assert_allclose(probs.reshape(2, 6, 256, 256).sum(axis=1), 1.0, atol=1e-4)
+    with rasterio.open(tmp_path / "p.probs.tif") as src:
+        assert src.tags()["profile"] == "sentinel2-scd" and src.tags()["classes"].split(",") == list(engine.profile.classes)
+    # the summary counts what the map holds
+    bands = read(tmp_path / "p.tif")[0]
+    valid = bands[0] != 255
+    assert summary["km2"] == pytest.approx(valid.sum() * 1e-4) and summary["valid_share"] == pytest.approx(valid.mean(), abs=1e-4)
+    water = engine.profile.classes.index("water")
+    assert summary["bands"]["class_date2"]["water"] == pytest.approx((bands[1][valid] == water).mean(), abs=1e-4)
+    assert summary["changed_km2"]["fromto_date1_to_date2"] == pytest.approx((bands[2][valid] > 0).sum() * 1e-4)
 
 
 def test_cli_predict_with_preview(scd_build, tmp_path):
@@ -159,6 +170,8 @@ def test_cli_predict_with_preview(scd_build, tmp_path):
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     assert read(out)[0].shape == (3, 300, 300) and png.read_bytes()[:4] == b"\x89PNG"
+    assert f"wrote {out}, {png}\narea with data: 9.00 km² (100.0% of the scene)\nclass_date1: " in res.output
+    assert "fromto_date1_to_date2: changed " in res.output
     res = CliRunner().invoke(app, [*args[:-4], "--profile", "landsat8-ss"])
     assert res.exit_code == 2 and "built for profile 'sentinel2-scd', not 'landsat8-ss'" in " ".join(res.output.split())
 
