@@ -332,6 +332,8 @@ def predict_many(
                                                           "default: a local cluster on this machine.")] = None,
     workers: Annotated[Optional[int], typer.Option(min=1, help="Local cluster: worker processes (default: one per "
                                                                 "core).")] = None,
+    dashboard_address: Annotated[str, typer.Option(help="Local cluster: where its Dask dashboard listens (another "
+                                                        "free port when this one is taken; :0 any).")] = "127.0.0.1:8787",
     threads: Annotated[Optional[int], typer.Option(min=1, help="Engine threads per worker (default: the host's cores "
                                                                 "shared among its workers' task slots).")] = None,
     retries: Annotated[int, typer.Option(min=0, help="Further attempts of a failing job before it is reported "
@@ -373,6 +375,7 @@ def predict_many(
         errors.print(f"no job for tile {line}", highlight=False, soft_wrap=True)
     report = run(jobs, EngineSpec(str(engine_dir), backend, precision, tuple(url or ()), protocol), outdir,
                  RunOptions(scheduler=scheduler, workers=workers, threads=threads, retries=retries, overlap=overlap,
+                            dashboard_address=dashboard_address,
                             align=align, dn_offset=dn_offset, mask_quality=mask_quality),
                  log=lambda text: console.print(text, highlight=False, soft_wrap=True))
     counts = report["counts"]

@@ -298,6 +298,18 @@ def test_stac_ids_that_sanitize_alike_keep_their_own_items(build, scenes, schedu
         read_manifest(path, 2, tmp_path / "items")
 
 
+def test_a_second_run_in_the_same_outdir_is_refused(build, scenes, tmp_path):
+    """Two runs sharing OUTDIR would each run every job: the second is refused while the first holds it."""
+    from stsun.many import outdir_lock
+
+    manifest = manifest_of({"s0": scenes["s0"]}, tmp_path / "jobs.json")
+    (tmp_path / "out").mkdir()
+    with outdir_lock(tmp_path / "out"):  # what the first run holds
+        with pytest.raises(ClusterError, match="another stsun predict-many is running in"):
+            run(manifest, build, tmp_path / "out", None)
+    assert not list((tmp_path / "out").iterdir())
+
+
 def test_cli_refuses_a_bad_manifest_before_any_cluster_starts(build, tmp_path):
     from typer.testing import CliRunner
 
