@@ -11,6 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from stsun.precision import ONNX_PRECISIONS
 
@@ -44,7 +45,7 @@ def build_command(
     if not report["passed"]:
         console.print("[bold red]fidelity gate failed[/]: see build_report.json")
         raise typer.Exit(1)
-    console.print(f"[green]build passed[/]: {out}/build_report.json")
+    console.print(f"[green]build passed[/]: {escape(str(out))}/build_report.json")
 
 
 def main() -> None:

@@ -44,12 +44,48 @@ COG_BLOCK = 256  # also the tile size: maps of a few tiles still get overviews
 class SceneOptions:
     overlap: int | None = None      # pixels shared by neighbouring tiles (default: tile / 4)
     align: bool = False             # reproject later dates onto the first date's grid
-    dn_offset: float | None = None  # added to raw values before scaling (default: the profile's)
+    dn_offset: float | None = None  # added to raw values before scaling (default: the product's, else the profile's)
     probabilities: bool = False     # also write OUT.probs.tif
     probabilities_encoding: str = "float32"
     mask_quality: bool = False      # the product's quality band (SCL / QA_PIXEL) masks cloud, shadow, no data
     progress: bool = True
     timings: dict | None = None     # if given, filled with seconds per stage (benchmarks/scene.py)
+    summary: dict | None = None     # if given, filled with the map's areas (see ``Tally.summary``)
+
+
+class Tally:
+    """Pixel counts of the map's bands, gathered as its rows are written: per class band the
+    pixels of each class, per change band (bcd, scd from-to) the changed pixels."""
+
+    def __init__(self, p, count: int) -> None:
+        self.p, self.valid, self.total = p, 0, 0
+        self.hist = np.zeros((count, max(p.c_out, 2)), np.int64)
+
+    def add(self, bands: np.ndarray, valid: np.ndarray) -> None:
+        self.valid += int(valid.sum())
+        self.total += valid.size
+        for b, band in enumerate(bands):
+            values = band[valid]
+            if self.p.task == "scd" and b >= self.p.t_out:
+                values = values > 0
+            self.hist[b] += np.bincount(values.ravel().astype(np.int64), minlength=self.hist.shape[1])
+
+    def summary(self) -> dict:
+        """{"km2": area with data, "valid_share", "bands": {band: {class or "changed": share of the
+        area with data}}, "changed_km2": {change band: km2}}."""
+        p = self.p
+        km2 = (p.gsd_m / 1000) ** 2
+        out = {"km2": round(self.valid * km2, 4), "valid_share": round(self.valid / max(self.total, 1), 4),
+               "bands": {}, "changed_km2": {}}
+        for b, hist in enumerate(self.hist):
+            name = band_name(p, b)
+            if p.task == "bcd" or (p.task == "scd" and b >= p.t_out):
+                out["bands"][name] = {"changed": round(hist[1] / max(self.valid, 1), 4)}
+                out["changed_km2"][name] = round(hist[1] * km2, 4)
+            else:
+                labels = p.classes if p.c_out > 1 else (f"not {p.classes[0]}", p.classes[0])
+                out["bands"][name] = {c: round(hist[i] / max(self.valid, 1), 4) for i, c in enumerate(labels)}
+        return out
 
 
 def hann_weights(size: int) -> np.ndarray:
@@ -89,6 +125,57 @@ def check_output(out: Path, dates: list[Path]) -> None:
         raise io_failure(err, out, writing=True) from None
 
 
+def check_resources(p, grid: Grid, out: Path, count: int, dtype: str, options: SceneOptions, tile: int,
+                    stride: int, block_rows: int) -> None:
+    """Refuse, before any compute, a scene whose working files do not fit on the output's disk or
+    whose strips do not fit in the memory available (both scale with the scene, the strips with
+    its width)."""
+    import shutil
+
+    height, width = grid.shape
+    pixels = height * width
+    disk = pixels * count * np.dtype(dtype).itemsize  # the uncompressed working map, before its COG copy
+    if options.probabilities:
+        disk += pixels * p.t_out * p.c_out * (1 if options.probabilities_encoding == "uint8" else 4)
+    free = shutil.disk_usage(out.parent).free
+    size = f"{width} x {height} px"
+    if disk > free:
+        raise SceneError(f"the map of this {size} scene needs about {_gb(disk)} on disk while it is written "
+                         f"(uncompressed{', probabilities included' if options.probabilities else ''}), and "
+                         f"{out.parent} has {_gb(free)} free: write it to a larger disk, or split the scene")
+    w = width + max(0, tile - width)
+    strip = p.t_in * p.c_in * tile * w * 4
+    logits = p.t_out * p.c_out * tile * w * 4
+    # strips read ahead, in the engine and batched (tiles overlap: tile / stride), the accumulator,
+    # logits in flight and the writer's temporaries, GDAL's block cache
+    memory = int(strip * (2 + tile / stride) + logits * (3 + 2 * tile / stride) + tile * w * 4
+                 + max(256 << 20, 3 * block_rows))
+    available = available_memory()
+    if available is not None and memory > available:
+        raise SceneError(f"a {size} scene needs about {_gb(memory)} of memory (strips of {tile} x {width} px "
+                         f"across {p.t_in} dates and {p.c_in} bands), and {_gb(available)} is available: "
+                         f"split the scene into narrower pieces, or use a machine with more memory")
+
+
+def _gb(n: int) -> str:
+    return f"{n / 1e9:,.1f} GB"
+
+
+def available_memory() -> int | None:
+    """Bytes this process may still allocate: the system's available memory, capped by a cgroup
+    (container) limit; None where neither can be read."""
+    found = []
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                found.append(int(line.split()[1]) * 1024)
+    with contextlib.suppress(OSError, ValueError):
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            found.append(int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text()))
+    return min(found) if found else None
+
+
 def open_dates(paths: list[Path], engine: Engine, options: SceneOptions,
                stack: contextlib.ExitStack) -> tuple[Grid, list[DateReader]]:
     """Resolve every date, put them on the first date's grid, and open their readers."""
@@ -107,8 +194,7 @@ def open_dates(paths: list[Path], engine: Engine, options: SceneOptions,
         if not _overlaps(own, grid):
             raise SceneError(f"{date.source} does not overlap the first date ({own.describe()} vs {grid.describe()}): "
                              f"nothing to compare")
-    offset = p.scaling.dn_offset if options.dn_offset is None else options.dn_offset
-    return grid, [DateReader(d, p, grid, stack, offset, options.mask_quality) for d in dates]
+    return grid, [DateReader(d, p, grid, stack, options.dn_offset, options.mask_quality) for d in dates]
 
 
 def _overlaps(a: Grid, b: Grid) -> bool:
@@ -152,6 +238,7 @@ def predict_scene(engine: Engine, dates: list[str | Path], out: str | Path, opti
             height, width = grid.shape
             rows, cols = tile_starts(height, tile, stride), tile_starts(width, tile, stride)
             pad_w = max(0, tile - width)  # scenes narrower than a tile (a short one is padded by the strip)
+            check_resources(p, grid, out, count, dtype, options, tile, stride, block_rows)
             meta = {"driver": "GTiff", "width": width, "height": height, "count": count, "dtype": dtype,
                     "nodata": nodata, "crs": grid.crs, "transform": grid.transform, "tiled": True,
                     "blockxsize": COG_BLOCK, "blockysize": COG_BLOCK,
@@ -168,6 +255,7 @@ def predict_scene(engine: Engine, dates: list[str | Path], out: str | Path, opti
             # closed on the way out too, so an error message starts on a line of its own
             bar = stack.enter_context(tqdm(total=len(rows) * len(cols), desc=f"{p.name} tiles", unit="tile",
                                            disable=not options.progress))
+            tally = Tally(p, count)
             acc = np.zeros((p.t_out, p.c_out, tile, width + pad_w), np.float32)
             wsum = np.zeros((tile, width + pad_w), np.float32)
             acc_top = 0  # scene row held by accumulator row 0
@@ -200,7 +288,7 @@ def predict_scene(engine: Engine, dates: list[str | Path], out: str | Path, opti
                     bar.update(len(cols) - sum(map(len, chunks)))  # tiles with no data: skipped
                     n = (rows[ri + 1] if ri + 1 < len(rows) else height) - y0  # rows no later tile touches
                     write_rows(dst, probs_dst, acc[:, :, :n, :width], wsum[:n, :width], valid[:n, :width],
-                               p, nodata, Window(0, y0, width, n))
+                               p, nodata, Window(0, y0, width, n), tally)
 
             pending = reader.submit(read, rows[0])
             written = None
@@ -221,7 +309,7 @@ def predict_scene(engine: Engine, dates: list[str | Path], out: str | Path, opti
                 written = writer.submit(consume, ri, y0, chunks, results, valid)
             written.result()
             dst.update_tags(profile=p.name, task=p.task, classes=",".join(p.classes), backend=engine.backend,
-                            encoding=ENCODING)
+                            encoding=ENCODING, dn_offset=json.dumps([r.dn_offsets() for r in readers]))
             colours = CHANGE_COLOURS if p.task == "bcd" else class_colours(p.c_out)
             # TIFF palettes exist for single-band images only; every map also carries its colours as a tag
             dst.update_tags(colormap=json.dumps({i: c for i, c in enumerate(colours)}))
@@ -235,6 +323,10 @@ def predict_scene(engine: Engine, dates: list[str | Path], out: str | Path, opti
                     probs_dst.set_band_description(b + 1, f"p_date{b // p.c_out + 1}_{p.classes[b % p.c_out]}")
                 if options.probabilities_encoding == "uint8":
                     probs_dst.scales = [1 / 254] * (p.t_out * p.c_out)
+                probs_dst.update_tags(profile=p.name, task=p.task, classes=",".join(p.classes), backend=engine.backend,
+                                      encoding=f"band p_dateT_CLASS: the probability of CLASS on date T "
+                                               f"({options.probabilities_encoding}"
+                                               f"{': round(p * 254), 255 = nodata' if u8 else ', NaN = nodata'})")
                 probs_dst.close()
             with clock("COG copy"), contextlib.ExitStack() as placed:  # both made before either is in place
                 to_cog(work / "map.tif", placed.enter_context(atomic_path(out, suffix=".tmp.tif")), "MODE")
@@ -245,6 +337,8 @@ def predict_scene(engine: Engine, dates: list[str | Path], out: str | Path, opti
         raise io_failure(err, out, writing=True) from None
     if options.timings is not None:
         options.timings.update(clock.seconds)
+    if options.summary is not None:
+        options.summary.update(tally.summary())
     return out
 
 
@@ -298,13 +392,16 @@ def read_strip(readers: list[DateReader], p, y0: int, tile: int, width: int, hei
     for t, reader in enumerate(readers):
         valid[:h, :width] &= reader.read_into(window, strip[t, :, :h, :width])
     if not valid.all():  # nodata (NaN included) never reaches the engine, which would reject NaN
-        np.copyto(strip, p.nodata if raw else 0.0, where=~valid)  # a DN model zeroes nodata itself
+        strip[..., ~valid] = p.nodata if raw else 0.0  # cast to the strip's dtype; a DN model zeroes nodata itself
     return strip, valid
 
 
-def write_rows(dst, probs_dst, acc: np.ndarray, wsum: np.ndarray, valid: np.ndarray, p, nodata: int, window) -> None:
+def write_rows(dst, probs_dst, acc: np.ndarray, wsum: np.ndarray, valid: np.ndarray, p, nodata: int, window,
+               tally: Tally | None = None) -> None:
     logits = acc / np.maximum(wsum, 1e-12)[None, None]  # pixels no tile covered are nodata anyway
     bands = encode_maps(logits[None], p.task, p.c_out)[0]
+    if tally is not None:
+        tally.add(bands, valid)
     bands[:, ~valid] = nodata
     dst.write(bands.astype(dst.dtypes[0]), window=window)
     if probs_dst is not None:
@@ -344,9 +441,8 @@ def preview(dates: list[str | Path], prediction: str | Path, path: str | Path, p
             full = native_grid(resolve_date(dates[0], profile), profile)
             small = Grid(full.crs, full.transform * Affine.scale(full.width / shape[1], full.height / shape[0]),
                          shape[1], shape[0])
-            offset = profile.scaling.dn_offset if dn_offset is None else dn_offset
             for t, d in enumerate(dates):
-                x, _ = DateReader(resolve_date(d, profile), profile, small, stack, offset).read(
+                x, _ = DateReader(resolve_date(d, profile), profile, small, stack, dn_offset).read(
                     rasterio.windows.Window(0, 0, shape[1], shape[0]))
                 rgb = x[[profile.band_names.index(b) for b in profile.rgb_bands]]
                 panels.append((f"date {t + 1}: RGB", np.clip(rgb.transpose(1, 2, 0) * 3.5, 0, 1), None))

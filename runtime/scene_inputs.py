@@ -10,6 +10,11 @@ A date may be
   ``raster:bands`` scale/offset honoured.
 The product's quality band (Sentinel-2 ``SCL``, Landsat ``QA_PIXEL``) is found too, for masking.
 
+Sentinel-2 products of processing baseline 04.00 and later store DN + 1000: the DN offset of each
+band is read from the product (``BOA_ADD_OFFSET`` in a SAFE's ``MTD_MSIL2A.xml``, ``RADIO_ADD_OFFSET``
+in ``MTD_MSIL1C.xml``, a STAC item's ``raster:bands`` offset); a product whose baseline needs one
+that no metadata gives is refused rather than read 0.1 too bright.
+
 ``DateReader`` reads any window of a date onto one target grid, already scaled as the model
 wants it, with its validity mask computed from the values read (nodata, NaN) rather than by
 re-decoding per-band masks. Bands off the grid are warped onto it: bilinear when a coarser band
@@ -22,14 +27,14 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from stsun.errors import SceneError
 from stsun.profiles import Profile
-from stsun.raw import scale_into
+from stsun.raw import S2_BAND_IDS, scale_into
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".jp2")
 # Sentinel-2 scene classes masked on request: no data, saturated/defective, cloud shadow,
@@ -55,6 +60,21 @@ class BandSource:
     index: int = 1               # 1-based band index in that file
     scale: float | None = None   # STAC raster:bands: input = raw * scale + offset, instead of the profile's
     offset: float = 0.0
+    dn_offset: float | None = None  # the product's own DN offset (SAFE metadata), instead of the profile's
+
+
+@dataclass(frozen=True)
+class BandScaling:
+    """How one band's digital numbers become model input: ``(raw + dn_offset) * scale + offset``."""
+
+    dn_offset: float
+    scale: float
+    offset: float
+    source: str   # where the DN offset came from, recorded in the output's tags
+
+    def dn_equivalent(self, profile_offset: float) -> float:
+        """The DN offset that, with this scale and the profile's offset, gives the same input."""
+        return self.dn_offset + (self.offset - profile_offset) / self.scale
 
 
 @dataclass
@@ -65,6 +85,14 @@ class DateInput:
     kind: str
     bands: list[BandSource]
     quality: tuple[str, str] | None = None   # (path, "scl" | "qa_pixel")
+    baseline: str | None = None   # Sentinel-2 processing baseline ("05.10"), when the product names one
+    offset_source: str = ""       # the metadata the bands' dn_offset came from
+
+    @property
+    def needs_dn_offset(self) -> bool:
+        """Whether the baseline (>= 04.00) adds a DN offset that some band's metadata does not give."""
+        return (self.baseline is not None and float(self.baseline) >= 4.0
+                and any(b.dn_offset is None and b.scale is None for b in self.bands))
 
 
 def io_failure(err: Exception, path: str | Path, writing: bool = False) -> SceneError:
@@ -190,7 +218,46 @@ def _from_directory(path: Path, profile: Profile) -> DateInput:
             chosen = [chosen[res.index(min(res))]]
         bands.append(BandSource(name, str(chosen[0])))
     q = (str(quality[0]), quality[1]) if quality else None
-    return DateInput(path, kind, bands, q)
+    if not safe:
+        return DateInput(path, kind, bands, q)
+    baseline, offsets, source = _safe_offsets(path, files)
+    bands = [replace(b, dn_offset=offsets.get(band_key(b.band))) for b in bands]
+    return DateInput(path, kind, bands, q, baseline, source)
+
+
+_BASELINE_IN_NAME = re.compile(r"_N(\d{2})(\d{2})_")
+
+
+def _safe_offsets(path: Path, files: list[Path]) -> tuple[str | None, dict[str, float], str]:
+    """(processing baseline, {band key: DN offset}, the file they came from) of a SAFE product:
+    from its ``MTD_MSIL2A.xml`` (``BOA_ADD_OFFSET``) or ``MTD_MSIL1C.xml`` (``RADIO_ADD_OFFSET``),
+    the baseline from that file or else the product name (``_N0510_``)."""
+    import xml.etree.ElementTree as ET
+
+    baseline = None
+    for f in [path, *files]:
+        if m := _BASELINE_IN_NAME.search(str(f.relative_to(path.parent))):
+            baseline = f"{m.group(1)}.{m.group(2)}"
+            break
+    metadata = sorted(path.rglob("MTD_MSIL[12][AC].xml"), key=lambda f: len(f.parts))
+    if not metadata:
+        return baseline, {}, ""
+    try:
+        root = ET.parse(metadata[0]).getroot()
+    except (ET.ParseError, OSError) as err:
+        raise SceneError(f"{metadata[0]}: unreadable product metadata ({err})") from None
+    by_tag = {el.tag.rsplit("}", 1)[-1]: el for el in root.iter()}
+    if "PROCESSING_BASELINE" in by_tag and by_tag["PROCESSING_BASELINE"].text:
+        baseline = by_tag["PROCESSING_BASELINE"].text.strip()
+    names = {el.get("bandId"): el.get("physicalBand") for el in root.iter()
+             if el.tag.endswith("Spectral_Information") and el.get("bandId") is not None}
+    offsets = {}
+    for el in root.iter():
+        if el.tag.rsplit("}", 1)[-1] in ("BOA_ADD_OFFSET", "RADIO_ADD_OFFSET") and el.get("band_id") is not None:
+            band_id = el.get("band_id")
+            name = names.get(band_id) or (S2_BAND_IDS[int(band_id)] if int(band_id) < len(S2_BAND_IDS) else band_id)
+            offsets[band_key(name)] = float(el.text)
+    return baseline, offsets, f"{metadata[0].name} {'BOA' if 'L2A' in metadata[0].name else 'RADIO'}_ADD_OFFSET"
 
 
 def _finest(current: tuple[Path, str] | None, new: tuple[Path, str]) -> tuple[Path, str]:
@@ -212,6 +279,15 @@ def _from_stac(path: Path, profile: Profile) -> DateInput:
     wanted = {band_key(b): b for b in profile.band_names}
     found: dict[str, list[BandSource]] = {}
     quality = None
+    props = item.properties
+    sentinel2 = any(k.startswith("s2:") for k in props) or \
+        str(props.get("platform", props.get("constellation", ""))).lower().startswith("sentinel-2")
+    baseline = props.get("s2:processing_baseline") or (props.get("processing:version") if sentinel2 else None)
+    try:
+        baseline = None if baseline is None else f"{float(baseline):05.2f}"
+    except ValueError:
+        baseline = None  # not a baseline number: nothing to infer from it
+    offset_applies = baseline is not None and float(baseline) >= 4.0
     for key, asset in item.assets.items():
         href = asset.get_absolute_href() or asset.href
         href = href.removeprefix("file://")
@@ -229,7 +305,12 @@ def _from_stac(path: Path, profile: Profile) -> DateInput:
                 names |= _ids(str(b[k])) if b.get(k) else set()
             r = raster[i] if i < len(raster) else {}
             scale = r.get("scale", b.get("scale"))
-            offset = float(r.get("offset", b.get("offset", 0.0)) or 0.0)
+            given = r.get("offset", b.get("offset"))
+            if scale is None and given is not None:  # an offset alone is in the profile's scaled units
+                scale = profile.scaling.scale
+            if offset_applies and given is None:
+                scale = None  # a scale without the offset the baseline adds: scaled as the profile says, offset asked for
+            offset = float(given or 0.0)
             for k in names & set(wanted):
                 # rank: a single-band asset before a band of a multi-band one (``visual``), an asset
                 # named after the band before one matched by its band list
@@ -249,7 +330,7 @@ def _from_stac(path: Path, profile: Profile) -> DateInput:
     for s in chosen.values():
         if not Path(s.path).is_file():
             raise SceneError(f"{path}: asset file {s.path} for band {s.band} not found")
-    return DateInput(path, "STAC item", [chosen[k] for k in wanted], quality)
+    return DateInput(path, "STAC item", [chosen[k] for k in wanted], quality, baseline, "STAC raster:bands offset")
 
 
 @dataclass(frozen=True)
@@ -366,16 +447,39 @@ def _aligned_factor(src, grid: Grid) -> tuple[int, tuple[int, int]] | None:
     return k, (ox, oy)
 
 
+def band_scaling(s: BandSource, profile: Profile, dn_offset: float | None, metadata: str = "") -> BandScaling:
+    """A band's scaling: a STAC item's raster:bands scale and offset (an override of the DN offset
+    replaces its offset, offset / scale DN), else the profile's scale and offset after the DN offset
+    given, else the product's, else the profile's."""
+    p = profile.scaling
+    if s.scale is not None:
+        if dn_offset is not None:
+            return BandScaling(dn_offset, s.scale, 0.0, "--dn-offset")
+        return BandScaling(0.0, s.scale, s.offset, "STAC raster:bands")
+    if dn_offset is not None:
+        return BandScaling(dn_offset, p.scale, p.offset, "--dn-offset")
+    if s.dn_offset is not None:
+        return BandScaling(s.dn_offset, p.scale, p.offset, metadata or "product metadata")
+    return BandScaling(p.dn_offset, p.scale, p.offset, "profile")
+
+
 class DateReader:
     """Reads windows of one date onto ``grid``, scaled for the model, with a validity mask."""
 
     def __init__(self, date: DateInput, profile: Profile, grid: Grid, stack: contextlib.ExitStack,
-                 dn_offset: float, mask_quality: bool = False) -> None:
+                 dn_offset: float | None = None, mask_quality: bool = False) -> None:
+        """``dn_offset``: added to every band's digital numbers, overriding the product's and the
+        profile's (None: the product's metadata, else the profile's)."""
         from rasterio.enums import MaskFlags, Resampling
         from rasterio.vrt import WarpedVRT
 
         self.date, self.profile = date, profile
-        self.dn_offset = dn_offset
+        self.scaling = [band_scaling(s, profile, dn_offset, date.offset_source) for s in date.bands]
+        if dn_offset is None and date.needs_dn_offset:
+            raise SceneError(f"{date.source}: Sentinel-2 processing baseline {date.baseline} adds a DN offset "
+                             f"(-1000 for L2A) but the product's metadata does not give it (no MTD_MSIL2A.xml / "
+                             f"MTD_MSIL1C.xml with BOA_ADD_OFFSET / RADIO_ADD_OFFSET, no STAC raster:bands offset); "
+                             f"pass --dn-offset (for example --dn-offset -1000)")
         self.groups: list[_BandGroup] = []
         by_path: dict[str, list[tuple[int, BandSource]]] = {}
         for pos, s in enumerate(date.bands):
@@ -419,21 +523,25 @@ class DateReader:
         profile's scaling and DN offset, so the raw values can travel instead of the scaled ones
         with bit-identical model input (a coarser band resampled to float cannot)."""
         s = self.profile.scaling
-        return self.dn_offset == s.dn_offset and all(
-            g.factor == 1 and g.src.dtypes[0] == s.dtype and g.nodata == self.profile.nodata
-            and all(b.scale is None for b in g.sources) for g in self.groups)
+        return all(b == BandScaling(s.dn_offset, s.scale, s.offset, b.source) for b in self.scaling) and all(
+            g.factor == 1 and g.src.dtypes[0] == s.dtype and g.nodata == self.profile.nodata for g in self.groups)
 
     def read(self, window) -> tuple[np.ndarray, np.ndarray]:
         """(C_in, h, w) model input and a (h, w) validity mask (see ``read_into``)."""
         out = np.empty((self.profile.c_in, int(window.height), int(window.width)), np.float32)
         return out, self.read_into(window, out)
 
+    def dn_offsets(self) -> dict[str, object]:
+        """The DN offset each band was read with, and where it came from (for the output's tags)."""
+        p = self.profile.scaling
+        return {"source": ", ".join(dict.fromkeys(b.source for b in self.scaling)),
+                **{s.band: round(b.dn_equivalent(p.offset), 6) for s, b in zip(self.date.bands, self.scaling)}}
+
     def read_into(self, window, out: np.ndarray) -> np.ndarray:
         """Write the window's model input into ``out`` (C_in, h, w; or the raw values when ``out`` is
         not float32, for a reader that ``reads_raw``) and return a (h, w) mask, True where every band has data (and the quality band, when masking, does not flag the pixel)."""
         from rasterio.errors import RasterioError
 
-        p = self.profile
         valid = np.ones(out.shape[1:], bool)
         for g in self.groups:
             # integers are read as they are stored: converting and scaling is one numpy pass below
@@ -447,13 +555,12 @@ class DateReader:
                 valid &= ~(raw == np.asarray(g.nodata).astype(raw.dtype)).any(axis=0)
             if np.issubdtype(raw.dtype, np.floating):  # integer data cannot be NaN
                 valid &= np.isfinite(raw).all(axis=0)
-            for band, pos, s in zip(raw, g.positions, g.sources):
+            for band, pos in zip(raw, g.positions):
                 if out.dtype != np.float32:  # raw digital numbers, as stored (see reads_raw)
                     out[pos] = band
-                elif s.scale is None:
-                    scale_into(band, out[pos], self.dn_offset, p.scaling.scale, p.scaling.offset)
                 else:
-                    scale_into(band, out[pos], 0.0, s.scale, s.offset)
+                    b = self.scaling[pos]
+                    scale_into(band, out[pos], b.dn_offset, b.scale, b.offset)
         if self.quality is not None:
             q, kind = self.quality
             try:
@@ -468,5 +575,5 @@ class DateReader:
         return valid
 
 
-__all__ = ["BandSource", "DateInput", "DateReader", "Grid", "band_key", "band_order", "io_failure", "native_grid",
+__all__ = ["BandScaling", "BandSource", "DateInput", "DateReader", "Grid", "band_key", "band_order", "io_failure", "native_grid",
            "resolve_date"]

@@ -9,14 +9,22 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.text import Text
 from typer.core import TyperCommand, TyperGroup
 
 from stsun.errors import StsunError
 from stsun.precision import PRECISIONS
 from stsun.profiles import Profile, builtin_profiles, load_profile
 
-console = Console()
-errors = Console(stderr=True)
+# Markup and highlighting off: paths, ids and GDAL's messages are printed verbatim ("[map.tif: ...]"
+# would otherwise be read as a markup tag and vanish); styled words are Text.
+console = Console(markup=False, highlight=False)
+errors = Console(stderr=True, markup=False, highlight=False)
+
+
+def styled(label: str, style: str, message: str) -> Text:
+    """``label`` in ``style``, then ``message`` as it is."""
+    return Text.assemble((label, style), " ", message)
 
 
 DEBUG_ENV = "STSUN_DEBUG"  # or --debug: expected failures keep their traceback too
@@ -43,7 +51,7 @@ class _OneLineErrors:
                 raise
             message = str(err) if isinstance(err, StsunError) else f"{err.strerror or err}: {err.filename or ''}".rstrip(": ")
             message = message or type(err).__name__  # some OSErrors (a timeout) carry no text
-            errors.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+            errors.print(styled("error:", "bold red", message), soft_wrap=True)
             raise typer.Exit(2) from None
 
 
@@ -264,8 +272,9 @@ def predict(
                                                           "default fp32, compiled on a GPU bf16).")] = None,
     overlap: Annotated[Optional[int], typer.Option(help="Tile overlap in pixels (default: tile / 4).")] = None,
     align: Annotated[bool, typer.Option(help="Reproject later dates onto the first date's grid.")] = False,
-    dn_offset: Annotated[Optional[float], typer.Option(help="Added to raw values before scaling (default: the profile's "
-                                                            "scaling.dn_offset; Sentinel-2 baseline >= 04.00: -1000).")] = None,
+    dn_offset: Annotated[Optional[float], typer.Option(help="Added to raw values before scaling, for every band "
+                                                            "(default: the product's metadata, e.g. a Sentinel-2 SAFE's "
+                                                            "BOA_ADD_OFFSET, else the profile's scaling.dn_offset).")] = None,
     probabilities: Annotated[bool, typer.Option(help="Also write OUTPUT.probs.tif.")] = False,
     probabilities_encoding: Annotated[str, typer.Option(help="float32, or uint8 (p * 254, 255 = nodata, band scale "
                                                              "1/254: a quarter of the size).")] = "float32",
@@ -285,12 +294,29 @@ def predict(
     engine = load_engine(engine_dir, backend=backend, precision=precision, **remote)
     if profile and load_profile(profile).name != engine.profile.name:
         raise EngineError(f"{engine_dir} was built for profile '{engine.profile.name}', not '{profile}'")
+    summary: dict = {}
     predict_scene(engine, list(dates), output, SceneOptions(
         overlap=overlap, align=align, dn_offset=dn_offset, probabilities=probabilities,
-        probabilities_encoding=probabilities_encoding, mask_quality=mask_quality))
+        probabilities_encoding=probabilities_encoding, mask_quality=mask_quality, summary=summary))
     if preview:
         write_preview(list(dates), output, preview, engine.profile, dn_offset=dn_offset)
-    console.print(f"wrote {output}")
+    written = [output] + ([output.with_suffix(".probs.tif")] if probabilities else []) + ([preview] if preview else [])
+    console.print(f"wrote {', '.join(map(str, written))}", soft_wrap=True)
+    for line in summary_lines(summary):
+        console.print(line, soft_wrap=True)
+
+
+def summary_lines(summary: dict, shown: int = 6) -> list[str]:
+    """A map's summary (``Tally.summary``) in a few lines: area with data, the largest classes per
+    date, the changed area."""
+    lines = [f"area with data: {summary['km2']:,.2f} km² ({summary['valid_share']:.1%} of the scene)"]
+    for band, shares in summary["bands"].items():
+        if band in summary["changed_km2"]:
+            lines.append(f"{band}: changed {summary['changed_km2'][band]:,.2f} km² ({shares['changed']:.1%})")
+        else:
+            top = sorted(shares.items(), key=lambda kv: -kv[1])[:shown]
+            lines.append(f"{band}: " + ", ".join(f"{c} {v:.1%}" for c, v in top))
+    return lines
 
 
 @app.command("predict-many")
@@ -306,6 +332,8 @@ def predict_many(
                                                           "default: a local cluster on this machine.")] = None,
     workers: Annotated[Optional[int], typer.Option(min=1, help="Local cluster: worker processes (default: one per "
                                                                 "core).")] = None,
+    dashboard_address: Annotated[str, typer.Option(help="Local cluster: where its Dask dashboard listens (another "
+                                                        "free port when this one is taken; :0 any).")] = "127.0.0.1:8787",
     threads: Annotated[Optional[int], typer.Option(min=1, help="Engine threads per worker (default: the host's cores "
                                                                 "shared among its workers' task slots).")] = None,
     retries: Annotated[int, typer.Option(min=0, help="Further attempts of a failing job before it is reported "
@@ -324,7 +352,7 @@ def predict_many(
     overlap: Annotated[Optional[int], typer.Option(help="Tile overlap in pixels (default: tile / 4).")] = None,
     align: Annotated[bool, typer.Option(help="Reproject later dates onto the first date's grid.")] = False,
     dn_offset: Annotated[Optional[float], typer.Option(help="Added to raw values before scaling (default: the "
-                                                            "profile's).")] = None,
+                                                            "product's metadata, else the profile's).")] = None,
     mask_quality: Annotated[bool, typer.Option(help="Mask cloud, shadow, saturated and no-data pixels with the "
                                                     "product's quality band.")] = False,
 ) -> None:
@@ -347,6 +375,7 @@ def predict_many(
         errors.print(f"no job for tile {line}", highlight=False, soft_wrap=True)
     report = run(jobs, EngineSpec(str(engine_dir), backend, precision, tuple(url or ()), protocol), outdir,
                  RunOptions(scheduler=scheduler, workers=workers, threads=threads, retries=retries, overlap=overlap,
+                            dashboard_address=dashboard_address,
                             align=align, dn_offset=dn_offset, mask_quality=mask_quality),
                  log=lambda text: console.print(text, highlight=False, soft_wrap=True))
     counts = report["counts"]
@@ -355,9 +384,44 @@ def predict_many(
                   f"report: {outdir / REPORT_NAME}", highlight=False, soft_wrap=True)
     for job in report["jobs"]:
         if job["status"] == "failed":
-            errors.print(f"[bold red]failed:[/] {job['id']}: {job['error']}", highlight=False, soft_wrap=True)
+            errors.print(styled("failed:", "bold red", f"{job['id']}: {job['error']}"), soft_wrap=True)
     if counts["failed"]:
         raise typer.Exit(1)
+
+
+@app.command()
+def demo(
+    output: Annotated[Path, typer.Option("-o", "--output", help="Folder to write the demo inputs into.")],
+    size: Annotated[int, typer.Option(min=256, help="Width and height of the Sentinel-2 scene, pixels.")] = 512,
+) -> None:
+    """Write inputs to try every journey on: a two-date Sentinel-2 scene, the same dates as SAFE
+    products and as STAC items (with an ItemCollection), and a LEVIR-style change dataset with a
+    256 px profile; then print the commands that use them."""
+    import shlex
+
+    from stsun.demo import write_demo
+
+    w = write_demo(output, size=size)
+    q = lambda p: shlex.quote(str(p))  # noqa: E731
+    out, build, stac = output / "out", Path("build") / "sentinel2-scd", w["catalogue"].parent
+    console.print(f"wrote a {size} x {size} px two-date Sentinel-2 scene ({q(w['scene'])}), its SAFE products "
+                  f"(baseline 05.10, {q(w['safe1'].parent)}), STAC items ({q(stac)}) and a LEVIR-style dataset "
+                  f"({q(w['levir'])}, profile {q(w['levir_profile'])}). Next:", soft_wrap=True)
+    commands = [
+        *([f"python export/build_engine.py --profile sentinel2-scd"] if not (build / "build_report.json").is_file() else []),
+        f"stsun predict {q(w['scene'] / 'date1.tif')} {q(w['scene'] / 'date2.tif')} --engine {build} "
+        f"-o {q(out / 'scene.tif')} --preview {q(out / 'scene.png')}",
+        f"stsun predict {q(w['safe1'])} {q(w['safe2'])} --engine {build} -o {q(out / 'safe.tif')}",
+        f"stsun predict {q(stac / 'date1' / 'item.json')} {q(stac / 'date2' / 'item.json')} --engine {build} "
+        f"-o {q(out / 'stac.tif')}",
+        f"stsun predict-many {q(w['catalogue'])} --engine {build} -o {q(out / 'many')}",
+        f"stsun train --data {q(w['levir'])} --profile {q(w['levir_profile'])} --epochs 2 "
+        f"--out {q(out / 'levir.safetensors')}",
+        f"stsun evaluate --data {q(w['levir'])} --profile {q(w['levir_profile'])} "
+        f"--checkpoint {q(out / 'levir.safetensors')}",
+    ]
+    for command in commands:
+        console.print(f"  {command}", soft_wrap=True)
 
 
 @app.command("calibrate-bn")

@@ -11,12 +11,14 @@ Three forms, all checked before any cluster starts:
 A date is anything ``stsun predict`` takes (a raster, a directory of band files, a STAC Item JSON);
 relative paths are relative to the manifest. STAC items become Item files (``write_items``) because
 ``stsun predict`` reads one Item file per date. Ids name the output files, so they must be safe
-file names.
+file names; STAC item ids and tile ids that are not get a safe name with a short hash of the
+original (``S2A/T1`` and ``S2A:T1`` must not share a file).
 """
 from __future__ import annotations
 
 import csv
 import datetime as dt
+import hashlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -140,6 +142,15 @@ def _csv_jobs(path: Path) -> list[Job]:
     return jobs
 
 
+def safe_name(text: str) -> str:
+    """``text`` as a file name: itself when safe, else its unsafe characters replaced and a short
+    hash of the original appended, so names that sanitize alike stay apart."""
+    if _ID.fullmatch(text) and len(text) <= 180:
+        return text
+    digest = hashlib.sha256(text.encode()).hexdigest()[:10]
+    return f"{re.sub(r'[^A-Za-z0-9._-]', '-', text)[:160].lstrip('.-_')}-{digest}".lstrip("-")
+
+
 def tile_id(properties: dict, tile_property: str | None = None) -> str | None:
     """The tile an item belongs to: ``tile_property``, else the first of TILE_PROPERTIES it has."""
     for keys in [(tile_property,)] if tile_property else TILE_PROPERTIES:
@@ -184,7 +195,7 @@ def _stac_jobs(path: Path, t_in: int, item_dir: Path, pair_rule: str, tile_prope
                                 f"name the property with --tile-property")
         if item.datetime is None:
             raise ManifestError(f"{path}: item '{item.id}' has no datetime")
-        by_tile.setdefault(re.sub(r"[^A-Za-z0-9._-]", "-", tile), []).append(item)
+        by_tile.setdefault(safe_name(tile), []).append(item)
     jobs, unpaired, used = [], [], {}
     for tile, items in sorted(by_tile.items()):
         items.sort(key=lambda it: it.datetime)
@@ -221,13 +232,19 @@ def _windowed(items: list, windows: list[tuple[dt.date, dt.date]]) -> list[tuple
 
 def _item_file(item, item_dir: Path, source: Path, used: dict[Path, dict]) -> Path:
     """Where the item's standalone Item file goes (its asset hrefs made absolute), recorded in ``used``."""
-    target = (item_dir / f"{re.sub(r'[^A-Za-z0-9._-]', '-', item.id)}.json").resolve()
-    if target not in used:
-        data = item.to_dict(include_self_link=False, transform_hrefs=False)
-        for asset in data.get("assets", {}).values():
-            href = asset.get("href", "")
-            if "://" not in href and not Path(href).is_absolute():
-                asset["href"] = _resolve(source.parent, href)
-        data["links"] = [link for link in data.get("links", []) if link.get("rel") != "self"]
-        used[target] = data
+    target = (item_dir / f"{safe_name(item.id)}.json").resolve()
+    data = _item_data(item, source)
+    if used.setdefault(target, data) != data:  # an item in several jobs is fine, two items of one id are not
+        raise ManifestError(f"{source}: two different items have the id '{item.id}'")
     return target
+
+
+def _item_data(item, source: Path) -> dict:
+    """The item as a standalone Item file: local asset hrefs absolute, no self link."""
+    data = item.to_dict(include_self_link=False, transform_hrefs=False)
+    for asset in data.get("assets", {}).values():
+        href = asset.get("href", "")
+        if "://" not in href and not Path(href).is_absolute():
+            asset["href"] = _resolve(source.parent, href)
+    data["links"] = [link for link in data.get("links", []) if link.get("rel") != "self"]
+    return data

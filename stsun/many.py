@@ -44,6 +44,7 @@ from stsun.profiles import Profile
 from stsun.runtime.engine import REPORT_NAME as BUILD_REPORT, BuildDir
 
 REPORT_NAME = "report.json"
+REPORT_EVERY_S = 5.0  # how often the report is rewritten while jobs finish
 PLUGIN = "stsun-engine"
 
 
@@ -222,6 +223,24 @@ def remove_leftovers(outdir: Path, job_id: str) -> None:
 
 
 @contextlib.contextmanager
+def outdir_lock(outdir: Path) -> Iterator[None]:
+    """Hold OUTDIR for this run; another run there is refused. The lock is the kernel's flock on the
+    directory itself: nothing is left in OUTDIR, and a killed run releases it."""
+    import fcntl
+
+    fd = os.open(outdir, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ClusterError(f"another stsun predict-many is running in {outdir}; wait for it, or give another "
+                               f"--output-dir") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
 def connect(options: RunOptions) -> Iterator:
     """A client of the cluster at ``options.scheduler``, or of a LocalCluster of worker
     processes (one task slot each) that lives as long as the block."""
@@ -279,45 +298,49 @@ def predict_many(manifest: Manifest, spec: EngineSpec, outdir: str | Path, optio
     spec = replace(spec, build_dir=str(Path(spec.build_dir).resolve()))
     build_sha256 = file_sha256(build.path / BUILD_REPORT)
     outdir.mkdir(parents=True, exist_ok=True)
-    manifest.write_items()
-    fingerprints = {job.id: job_fingerprint(job, build_sha256, spec, options) for job in manifest.jobs}
-    entries: dict[str, dict] = {}
-    for job in manifest.jobs:
-        done = finished_output(outdir, job, fingerprints[job.id], build.profile)
-        entries[job.id] = job_entry(job, "pending") if done is None else job_entry(
-            job, "skipped", tiles=done.get("tiles"), km2=done.get("km2"), output=str(output_paths(outdir, job.id)[0]))
-    todo = [job for job in manifest.jobs if entries[job.id]["status"] == "pending"]
-    for job in manifest.jobs:  # no run is in progress in OUTDIR: whatever temporary files are there are garbage
-        remove_leftovers(outdir, job.id)
-    report = {"manifest": str(manifest.source), "engine": spec.build_dir, "profile": build.profile.name,
-              "backend": spec.backend, "precision": spec.precision, "outdir": str(outdir), "retries": options.retries,
-              "started": started, "cluster": None, "startup_seconds": None, "unpaired": manifest.unpaired}
-    write_report(outdir, report, entries, None)
-    log(f"{len(manifest.jobs)} jobs: {len(manifest.jobs) - len(todo)} already done, {len(todo)} to run")
-    ready = end = None
-    if todo:
-        with connect(options) as client:
-            log(f"dashboard: {client.dashboard_link}")
-            workers = start_engines(client, spec, options)
-            report["cluster"] = {"scheduler": client.scheduler.address, "dashboard": client.dashboard_link,
-                                 "workers": workers}
-            log(f"{len(workers)} worker(s) loaded the engine: " + ", ".join(
-                f"{w['threads']} thread(s)" + (f" -> {w['url']}" if "url" in w else "") for w in workers.values()))
-            ready = time.perf_counter()
-            report["startup_seconds"] = round(ready - clock, 3)  # reading outputs, cluster start, engine loads
-            futures = {client.submit(run_job, job, str(outdir), fingerprints[job.id], options, pure=False,
-                                     key=f"predict-{job.id}-{uuid.uuid4().hex[:8]}"): job for job in todo}
-            with tqdm(total=len(futures), desc="jobs", unit="scene", disable=not options.progress) as bar:
-                for future in as_completed(futures):
-                    job = futures[future]
-                    try:
-                        entries[job.id] = future.result()
-                    except Exception as err:  # the worker died (KilledWorker) or the job was cancelled
-                        entries[job.id] = job_entry(job, "failed", error=describe(err))
-                    bar.update()
-                    write_report(outdir, report, entries, ready)
-            end = time.perf_counter()  # before the cluster shuts down
-    return write_report(outdir, report, entries, ready, end)
+    with outdir_lock(outdir):  # two runs in one OUTDIR would run every job twice
+        manifest.write_items()
+        fingerprints = {job.id: job_fingerprint(job, build_sha256, spec, options) for job in manifest.jobs}
+        entries: dict[str, dict] = {}
+        for job in manifest.jobs:
+            done = finished_output(outdir, job, fingerprints[job.id], build.profile)
+            entries[job.id] = job_entry(job, "pending") if done is None else job_entry(
+                job, "skipped", tiles=done.get("tiles"), km2=done.get("km2"), output=str(output_paths(outdir, job.id)[0]))
+        todo = [job for job in manifest.jobs if entries[job.id]["status"] == "pending"]
+        for job in manifest.jobs:  # no run is in progress in OUTDIR: whatever temporary files are there are garbage
+            remove_leftovers(outdir, job.id)
+        report = {"manifest": str(manifest.source), "engine": spec.build_dir, "profile": build.profile.name,
+                  "backend": spec.backend, "precision": spec.precision, "outdir": str(outdir), "retries": options.retries,
+                  "started": started, "cluster": None, "startup_seconds": None, "unpaired": manifest.unpaired}
+        write_report(outdir, report, entries, None)
+        log(f"{len(manifest.jobs)} jobs: {len(manifest.jobs) - len(todo)} already done, {len(todo)} to run")
+        ready = end = None
+        if todo:
+            with connect(options) as client:
+                log(f"dashboard: {client.dashboard_link}")
+                workers = start_engines(client, spec, options)
+                report["cluster"] = {"scheduler": client.scheduler.address, "dashboard": client.dashboard_link,
+                                     "workers": workers}
+                log(f"{len(workers)} worker(s) loaded the engine: " + ", ".join(
+                    f"{w['threads']} thread(s)" + (f" -> {w['url']}" if "url" in w else "") for w in workers.values()))
+                ready = time.perf_counter()
+                report["startup_seconds"] = round(ready - clock, 3)  # reading outputs, cluster start, engine loads
+                futures = {client.submit(run_job, job, str(outdir), fingerprints[job.id], options, pure=False,
+                                         key=f"predict-{job.id}-{uuid.uuid4().hex[:8]}"): job for job in todo}
+                written = time.perf_counter()
+                with tqdm(total=len(futures), desc="jobs", unit="scene", disable=not options.progress) as bar:
+                    for future in as_completed(futures):
+                        job = futures[future]
+                        try:
+                            entries[job.id] = future.result()
+                        except Exception as err:  # the worker died (KilledWorker) or the job was cancelled
+                            entries[job.id] = job_entry(job, "failed", error=describe(err))
+                        bar.update()
+                        if time.perf_counter() - written > REPORT_EVERY_S:  # not after every job: each write is O(jobs)
+                            write_report(outdir, report, entries, ready)
+                            written = time.perf_counter()
+                end = time.perf_counter()  # before the cluster shuts down
+        return write_report(outdir, report, entries, ready, end)
 
 
 def write_report(outdir: Path, report: dict, entries: dict[str, dict], ready: float | None,

@@ -153,7 +153,8 @@ class ArtifactBuild:
         }
         self.meta = model_metadata(profile, {"checkpoint_sha256": self.sha, "stsun_version": stsun.__version__,
                                              "model_size": self.model.config.size, "max_batch": o.max_batch})
-        self.console.print(f"[bold]{profile.name}[/]: {self.model.config.size} model from {source} -> {self.out}")
+        self.console.print(f"[bold]{profile.name}[/]: {self.model.config.size} model from {escape(source)} -> "
+                           f"{escape(str(self.out))}")
 
     def reference_step(self) -> None:
         """Held-out tiles and the eager model's logits for them, which every artifact must match."""

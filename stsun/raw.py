@@ -7,6 +7,9 @@ import numpy as np
 from stsun.errors import InputError
 from stsun.profiles import Profile
 
+# Sentinel-2 bands in the order of its product metadata (band_id="N" in MTD_MSIL2A.xml / MTD_MSIL1C.xml)
+S2_BAND_IDS = ("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B9", "B10", "B11", "B12")
+
 
 def scale_into(raw: np.ndarray, out: np.ndarray, dn_offset: float, scale: float, offset: float) -> None:
     """out = (raw + dn_offset) * scale + offset in float32, converting on the way (one pass when

@@ -18,6 +18,7 @@ import numpy as np
 
 from stsun.atomic import atomic_path
 from stsun.profiles import Profile
+from stsun.raw import S2_BAND_IDS
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -200,10 +201,11 @@ def coarsen(data: np.ndarray, factor: int = 2) -> np.ndarray:
 
 
 def write_band_files(date_file: str | Path, profile: Profile, out_dir: str | Path, name, coarse: tuple[str, ...] = (),
-                     driver: str = "GTiff") -> dict[str, Path]:
+                     driver: str = "GTiff", dn_add: int = 0) -> dict[str, Path]:
     """Split a multi-band date (as ``write_scene`` writes it) the way products are distributed: one
     single-band raster per profile band at ``out_dir / name(band, resolution_m)``, the ``coarse``
-    bands at half resolution (2 x 2 means). GTiff is tiled and deflated, JP2 lossless."""
+    bands at half resolution (2 x 2 means), ``dn_add`` added to every valid digital number.
+    GTiff is tiled and deflated, JP2 lossless."""
     import rasterio
 
     out_dir = Path(out_dir)
@@ -212,6 +214,8 @@ def write_band_files(date_file: str | Path, profile: Profile, out_dir: str | Pat
     with rasterio.open(date_file) as src:
         for i, band in enumerate(profile.band_names):
             data, transform, factor = src.read(i + 1), src.transform, 2 if band in coarse else 1
+            if dn_add:
+                data = np.where(data == src.nodata, data, data + dn_add).astype(data.dtype)
             if factor > 1:
                 data, transform = coarsen(data, factor), transform * rasterio.Affine.scale(factor)
             path = paths[band] = out_dir / name(band, profile.gsd_m * factor)
@@ -221,3 +225,41 @@ def write_band_files(date_file: str | Path, profile: Profile, out_dir: str | Pat
                                **extra) as dst:
                 dst.write(data, 1)
     return paths
+
+
+
+def write_safe(date_file: str | Path, profile: Profile, out_dir: str | Path, baseline: str = "05.10",
+               when: str = "20230601T100559", tile: str = "T33UUP", coarse: tuple[str, ...] = S2_20M_BANDS,
+               driver: str = "GTiff", metadata: bool = True) -> Path:
+    """A Sentinel-2 L2A SAFE product of a multi-band date (as ``write_scene`` writes it): bands under
+    ``GRANULE/*/IMG_DATA/R10m|R20m``, named as ESA names them. From baseline 04.00 on the digital
+    numbers carry +1000, and ``MTD_MSIL2A.xml`` (unless ``metadata`` is False) says so per band
+    (``BOA_ADD_OFFSET`` -1000), as real products do. Returns the ``.SAFE`` directory."""
+    import xml.etree.ElementTree as ET
+
+    name = f"S2B_MSIL2A_{when}_N{baseline.replace('.', '')}_R022_{tile}_{when[:8]}T120000.SAFE"
+    safe = Path(out_dir) / name
+    img = safe / "GRANULE" / f"L2A_{tile}_A032000_{when}" / "IMG_DATA"
+    offset = 1000 if float(baseline) >= 4.0 else 0
+    suffix = ".jp2" if driver == "JP2OpenJPEG" else ".tif"
+    write_band_files(date_file, profile, img, lambda b, r: f"R{round(r)}m/{tile}_{when}_B{b[1:].zfill(2)}_{round(r)}m{suffix}",
+                     coarse, driver, dn_add=offset)
+    if metadata:
+        root = ET.Element("n1:Level-2A_User_Product",
+                          {"xmlns:n1": "https://psd-14.sentinel2.eo.esa.int/PSD/User_Product_Level-2A.xsd"})
+        general = ET.SubElement(root, "n1:General_Info")
+        info = ET.SubElement(general, "Product_Info")
+        for tag, text in (("PRODUCT_TYPE", "S2MSI2A"), ("PROCESSING_BASELINE", baseline), ("PROCESSING_LEVEL", "Level-2A")):
+            ET.SubElement(info, tag).text = text
+        chars = ET.SubElement(general, "Product_Image_Characteristics")
+        quant = ET.SubElement(chars, "QUANTIFICATION_VALUES_LIST")
+        ET.SubElement(quant, "BOA_QUANTIFICATION_VALUE", unit="none").text = "10000"
+        if offset:
+            offsets = ET.SubElement(chars, "BOA_ADD_OFFSET_VALUES_LIST")
+            for i in range(len(S2_BAND_IDS)):
+                ET.SubElement(offsets, "BOA_ADD_OFFSET", band_id=str(i)).text = str(-offset)
+        spectral = ET.SubElement(chars, "Spectral_Information_List")
+        for i, band in enumerate(S2_BAND_IDS):
+            ET.SubElement(spectral, "Spectral_Information", bandId=str(i), physicalBand=band)
+        ET.ElementTree(root).write(safe / "MTD_MSIL2A.xml", encoding="UTF-8", xml_declaration=True)
+    return safe

@@ -14,12 +14,12 @@ from typer.testing import CliRunner
 from stsun.checkpoint import DEMO_CHECKPOINT, load_checkpoint
 from stsun.cli import app
 from stsun.datasets import open_dataset
+from stsun.demo import aerial_bcd_profile, write_change_pairs, write_profile, write_raster
 from stsun.errors import DatasetError
 from stsun.evaluate import evaluate_data, model_predictor
 from stsun.finetune import FineTuneOptions, fine_tune, paths, validation_regions
 from stsun.profiles import load_profile
 from stsun.synthetic import write_scene
-from user_data import aerial_bcd_profile, write_change_pairs, write_profile, write_raster
 
 pytestmark = [pytest.mark.skipif(not DEMO_CHECKPOINT.is_file(), reason="demo checkpoint not committed"),
               pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")]

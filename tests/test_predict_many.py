@@ -275,6 +275,41 @@ def test_stac_item_collection_pairs_items_per_tile(scenes, tmp_path):
         read_manifest(path, 2, item_dir)
 
 
+def test_stac_ids_that_sanitize_alike_keep_their_own_items(build, scenes, scheduler, reference, tmp_path):
+    """Items 'S2A/T1' (the first date) and 'S2A:T1' (the second) once shared items/S2A-T1.json, so
+    the job read one date twice: each now has its own file, and the map is the scene's."""
+    assets = []
+    for t, date in enumerate(scenes["s0"]):
+        bands = write_band_files(date, PROFILE, tmp_path / f"d{t}", lambda band, _: f"{band}.tif")
+        assets.append({band: {"href": f"d{t}/{p.name}", "type": "image/tiff"} for band, p in bands.items()})
+    items = [stac_item("S2A/T1", "2023-06-01T10:00:00Z", {"s2:mgrs_tile": "33UUP"}, assets[0]),
+             stac_item("S2A:T1", "2024-06-01T10:00:00Z", {"s2:mgrs_tile": "33UUP"}, assets[1])]
+    path = tmp_path / "catalogue.json"
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": items}))
+    manifest = read_manifest(path, 2, tmp_path / "out" / "items")
+    names = [Path(d).name for d in manifest.jobs[0].dates]
+    assert len(set(names)) == 2 and all(n.startswith("S2A-T1-") for n in names), names
+    report = run(manifest, build, tmp_path / "out", scheduler)
+    assert report["counts"]["done"] == 1
+    np.testing.assert_array_equal(read(report["jobs"][0]["output"])[0], reference["s0"][0])
+    items.append(stac_item("S2A:T1", "2025-06-01T10:00:00Z", {"s2:mgrs_tile": "33UUP"}, assets[1]))
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": items}))
+    with pytest.raises(ManifestError, match="two different items have the id 'S2A:T1'"):
+        read_manifest(path, 2, tmp_path / "items")
+
+
+def test_a_second_run_in_the_same_outdir_is_refused(build, scenes, tmp_path):
+    """Two runs sharing OUTDIR would each run every job: the second is refused while the first holds it."""
+    from stsun.many import outdir_lock
+
+    manifest = manifest_of({"s0": scenes["s0"]}, tmp_path / "jobs.json")
+    (tmp_path / "out").mkdir()
+    with outdir_lock(tmp_path / "out"):  # what the first run holds
+        with pytest.raises(ClusterError, match="another stsun predict-many is running in"):
+            run(manifest, build, tmp_path / "out", None)
+    assert not list((tmp_path / "out").iterdir())
+
+
 def test_cli_refuses_a_bad_manifest_before_any_cluster_starts(build, tmp_path):
     from typer.testing import CliRunner
 

@@ -141,10 +141,21 @@ def test_every_local_backend_gives_the_same_map(scd_build, tmp_path):
 def test_probabilities_output(scd_build, tmp_path):
     engine = load_engine(scd_build, backend="onnxruntime")
     files = write_scene(engine.profile, tmp_path / "in", size=256, seed=7)
-    predict_scene(engine, files["dates"], tmp_path / "p.tif", SceneOptions(probabilities=True, progress=False))
+    summary = {}
+    predict_scene(engine, files["dates"], tmp_path / "p.tif", SceneOptions(probabilities=True, progress=False,
+                                                                           summary=summary))
     probs, prof, _ = read(tmp_path / "p.probs.tif")
     assert probs.shape == (2 * 6, 256, 256) and prof["dtype"] == "float32"
     np.testing.assert_allclose(probs.reshape(2, 6, 256, 256).sum(axis=1), 1.0, atol=1e-4)
+    with rasterio.open(tmp_path / "p.probs.tif") as src:
+        assert src.tags()["profile"] == "sentinel2-scd" and src.tags()["classes"].split(",") == list(engine.profile.classes)
+    # the summary counts what the map holds
+    bands = read(tmp_path / "p.tif")[0]
+    valid = bands[0] != 255
+    assert summary["km2"] == pytest.approx(valid.sum() * 1e-4) and summary["valid_share"] == pytest.approx(valid.mean(), abs=1e-4)
+    water = engine.profile.classes.index("water")
+    assert summary["bands"]["class_date2"]["water"] == pytest.approx((bands[1][valid] == water).mean(), abs=1e-4)
+    assert summary["changed_km2"]["fromto_date1_to_date2"] == pytest.approx((bands[2][valid] > 0).sum() * 1e-4)
 
 
 def test_cli_predict_with_preview(scd_build, tmp_path):
@@ -159,5 +170,68 @@ def test_cli_predict_with_preview(scd_build, tmp_path):
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     assert read(out)[0].shape == (3, 300, 300) and png.read_bytes()[:4] == b"\x89PNG"
+    assert f"wrote {out}, {png}\narea with data: 9.00 km² (100.0% of the scene)\nclass_date1: " in res.output
+    assert "fromto_date1_to_date2: changed " in res.output
     res = CliRunner().invoke(app, [*args[:-4], "--profile", "landsat8-ss"])
     assert res.exit_code == 2 and "built for profile 'sentinel2-scd', not 'landsat8-ss'" in " ".join(res.output.split())
+
+
+def sparse_pair(root, width, height, profile):
+    """Two dates of a huge scene that take almost no disk: tiled BigTIFFs whose blocks were never written."""
+    from rasterio.transform import from_origin
+
+    paths = []
+    root.mkdir(exist_ok=True)
+    for t in range(profile.t_in):
+        paths.append(root / f"date{t + 1}.tif")
+        with rasterio.open(paths[-1], "w", driver="GTiff", width=width, height=height, count=profile.c_in,
+                           dtype="uint16", nodata=0, crs="EPSG:32633", transform=from_origin(500000, 5000000, 10, 10),
+                           tiled=True, blockxsize=256, blockysize=256, sparse_ok=True, BIGTIFF="YES"):
+            pass
+    return paths
+
+
+def test_a_scene_larger_than_the_machine_is_refused_before_any_compute(scd_build, tmp_path):
+    """200000 x 200000 px: the CLI refuses with the sizes it needs before reading a tile, and leaves
+    nothing behind; a 200000 px wide strip is refused for memory when less is available."""
+    from typer.testing import CliRunner
+
+    import stsun.runtime.scene as scene
+    from stsun.cli import app
+
+    dates = sparse_pair(tmp_path, 200_000, 200_000, load_profile("sentinel2-scd"))
+    assert sum(d.stat().st_size for d in dates) < 100 << 20
+    out = tmp_path / "out" / "map.tif"
+    res = CliRunner().invoke(app, ["predict", *map(str, dates), "-o", str(out), "--engine", str(scd_build),
+                                   "--probabilities"])
+    assert res.exit_code == 2, res.output
+    assert "error: the map of this 200000 x 200000 px scene needs about 2,040.0 GB on disk" in res.output, res.output
+    assert "tiles" not in res.output and not list(out.parent.iterdir())  # no progress bar, no working files
+    wide = sparse_pair(tmp_path / "wide", 200_000, 300, load_profile("sentinel2-scd"))
+    engine = load_engine(scd_build, backend="onnxruntime")
+    scene.available_memory, real = (lambda: 8 << 30), scene.available_memory
+    try:
+        with pytest.raises(SceneError, match=r"200000 x 300 px scene needs about \d+\.\d GB of memory .* 8\.6 GB is "
+                                             r"available"):
+            predict_scene(engine, wide, tmp_path / "wide.tif", SceneOptions(progress=False))
+    finally:
+        scene.available_memory = real
+    assert not list(tmp_path.glob(".wide.tif*"))
+
+
+def test_error_text_with_square_brackets_is_printed_verbatim(scd_build, tmp_path):
+    """GDAL's own words come in square brackets ("[map.tif: Free disk space ...]"): the CLI prints
+    them as they are, never as markup."""
+    from typer.testing import CliRunner
+
+    from stsun.cli import app
+
+    dates = [tmp_path / "[bold]date1.tif", tmp_path / "date2.tif"]
+    dates[0].write_bytes(b"")
+    write_scene(load_profile("sentinel2-scd"), tmp_path / "s", size=256)["dates"][1].rename(dates[1])
+    with pytest.raises(SceneError) as err:
+        predict_scene(load_engine(scd_build), dates, tmp_path / "m.tif", SceneOptions(progress=False))
+    assert "[bold]" in str(err.value) and "] " not in str(err.value)[-1:]
+    res = CliRunner().invoke(app, ["predict", *map(str, dates), "-o", str(tmp_path / "m.tif"), "--engine",
+                                   str(scd_build)])
+    assert res.exit_code == 2 and f"error: {err.value}\n" in res.output, res.output

@@ -18,9 +18,10 @@ from stsun.pipeline import build_artifacts  # noqa: E402
 from stsun.runtime import load_engine  # noqa: E402
 from stsun.runtime.scene import SceneOptions, predict_scene  # noqa: E402
 from stsun.runtime.scene_inputs import band_key, resolve_date  # noqa: E402
-from stsun.synthetic import S2_20M_BANDS, coarsen, write_band_files, write_scene  # noqa: E402
+from stsun.synthetic import S2_20M_BANDS, coarsen, write_band_files, write_safe, write_scene  # noqa: E402
 
-SAFE_GRANULE = "S2B_MSIL2A_20230601T100559_N0509_R022_T33UUP_20230601T120000.SAFE/GRANULE/L2A_T33UUP_A032000/IMG_DATA"
+# baseline 03.01 (2021): digital numbers without the +1000 that baselines >= 04.00 add
+SAFE_GRANULE = "S2B_MSIL2A_20210601T100559_N0301_R022_T33UUP_20210601T120000.SAFE/GRANULE/L2A_T33UUP_A032000/IMG_DATA"
 
 
 def write_band(path, data, transform, crs, nodata=0, driver="GTiff"):
@@ -122,7 +123,7 @@ def test_safe_product_prefers_the_finest_band_and_masks_clouds(s2, tmp_path):
                 scl[0:64, 0:64] = 9  # cloud, high probability: the top-left 128 x 128 px at 10 m
             write_band(root / "R20m" / "T33UUP_SCL_20m.jp2", scl, b05.transform, b05.crs, nodata=None,
                        driver="JP2OpenJPEG")
-            # baseline >= 04.00 products carry per-band masks in QI_DATA: they claim no band
+            # products carry per-band masks in QI_DATA (JP2 since baseline 04.00): they claim no band
             write_band(root.parent / "QI_DATA" / "MSK_DETFOO_B02.jp2", scl, b05.transform, b05.crs, nodata=None,
                        driver="JP2OpenJPEG")
         safes.append(tmp_path / f"safe{t}")
@@ -135,6 +136,48 @@ def test_safe_product_prefers_the_finest_band_and_masks_clouds(s2, tmp_path):
     assert (masked[:, :128, :128] == 255).all() and (plain[:, :128, :128] != 255).all()
     assert (masked[:, 128:, :] == plain[:, 128:, :]).mean() > 0.99  # elsewhere unchanged (blending aside)
     assert (masked != 255).mean() > 0.9
+
+
+def test_baseline_offset_is_read_from_the_product(s2, tmp_path):
+    """A baseline-05.10 SAFE stores DN + 1000 and says so in MTD_MSIL2A.xml (BOA_ADD_OFFSET -1000):
+    it maps exactly like the same reflectances without offset, and the map records the offset used.
+    Without the metadata it is refused (naming --dn-offset), and --dn-offset -1000 then reads it."""
+    _, profile, engine, dates = s2
+    safes = [write_safe(d, profile, tmp_path / f"s{t}", when=f"2023060{t + 1}T100559", coarse=())
+             for t, d in enumerate(dates)]
+    date = resolve_date(safes[0], profile)
+    assert date.baseline == "05.10" and {b.dn_offset for b in date.bands} == {-1000.0}
+    ref = read_map(predict_scene(engine, dates, tmp_path / "ref.tif", SceneOptions(progress=False)))[0]
+    out = predict_scene(engine, safes, tmp_path / "safe.tif", SceneOptions(progress=False))
+    assert (read_map(out)[0] == ref).all()
+    with rasterio.open(out) as src:
+        used = json.loads(src.tags()["dn_offset"])
+    assert used[1]["B12"] == -1000 and used[0]["source"] == "MTD_MSIL2A.xml BOA_ADD_OFFSET"
+    for safe in safes:
+        (safe / "MTD_MSIL2A.xml").unlink()
+    with pytest.raises(SceneError, match=r"baseline 05.10 .*--dn-offset"):
+        predict_scene(engine, safes, tmp_path / "refused.tif", SceneOptions(progress=False))
+    given = predict_scene(engine, safes, tmp_path / "given.tif", SceneOptions(dn_offset=-1000, progress=False))
+    assert (read_map(given)[0] == ref).all()
+    with rasterio.open(given) as src:
+        assert json.loads(src.tags()["dn_offset"])[0]["source"] == "--dn-offset"
+
+
+def test_stac_baseline_needs_an_offset(tmp_path):
+    """A STAC item of baseline >= 04.00 takes its offset from raster:bands; without one it is refused."""
+    profile = load_profile("sentinel2-scd")
+    date = write_scene(profile, tmp_path / "scene", size=64, seed=2)["dates"][0]
+    paths = split(date, profile, lambda b, r: b, tmp_path / "item", coarse=())
+    item = {"type": "Feature", "stac_version": "1.0.0", "id": "S2B_T33UUP", "geometry": None, "links": [],
+            "properties": {"datetime": "2023-06-01T10:00:00Z", "s2:processing_baseline": "05.10"},
+            "assets": {b: {"href": p.name} for b, p in paths.items()}}
+    (tmp_path / "item" / "item.json").write_text(json.dumps(item))
+    assert resolve_date(tmp_path / "item" / "item.json", profile).needs_dn_offset
+    for asset in item["assets"].values():
+        asset["raster:bands"] = [{"scale": 0.0001, "offset": -0.1}]
+    (tmp_path / "item" / "item.json").write_text(json.dumps(item))
+    resolved = resolve_date(tmp_path / "item" / "item.json", profile)
+    assert not resolved.needs_dn_offset and resolved.bands[0].offset == -0.1
 
 
 def test_landsat_set_with_qa_pixel(tmp_path):

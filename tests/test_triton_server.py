@@ -56,7 +56,8 @@ def test_http_and_grpc_match_local_onnxruntime(served):
 
 
 def test_scene_through_the_server_matches_local(served, tmp_path):
-    """`stsun predict --backend triton --url ...` writes the local engine's map."""
+    """`stsun predict --backend triton --url ...` writes the local engine's map, nodata stripes included
+    (uint16 digital numbers with nodata once failed to cast)."""
     import rasterio
     import tritonclient.http as httpclient
     from typer.testing import CliRunner
@@ -66,7 +67,8 @@ def test_scene_through_the_server_matches_local(served, tmp_path):
     from stsun.synthetic import write_scene
 
     build_dir, server = served
-    dates = write_scene(load_profile("sentinel2-scd"), tmp_path / "in", size=1100, height=256, seed=13)["dates"]
+    dates = write_scene(load_profile("sentinel2-scd"), tmp_path / "in", size=1100, height=256, seed=13,
+                        nodata_stripes=3)["dates"]
     stats = httpclient.InferenceServerClient(server.http_url)
     before = stats.get_inference_statistics("sentinel2-scd-dn")["model_stats"][0]["inference_count"]
     res = CliRunner().invoke(app, ["predict", *map(str, dates), "-o", str(tmp_path / "remote.tif"), "--engine",
@@ -78,7 +80,8 @@ def test_scene_through_the_server_matches_local(served, tmp_path):
     predict_scene(load_engine(build_dir, backend="onnxruntime"), dates, tmp_path / "local.tif",
                   SceneOptions(progress=False))
     with rasterio.open(tmp_path / "remote.tif") as a, rasterio.open(tmp_path / "local.tif") as b:
-        assert (a.read() == b.read()).all()
+        remote_map = a.read()
+        assert (remote_map == b.read()).all() and (remote_map == 255).any()  # nodata was there, and kept
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])

@@ -1,4 +1,7 @@
-"""Tiny on-disk datasets in the layouts users bring, written on the fly for the tests."""
+"""Inputs to try every journey on, written on the spot (``stsun demo -o DIR``), and the small on-disk
+datasets in the layouts users bring that the tests write: a two-date Sentinel-2 scene, the same
+dates as a SAFE product (baseline 05.10) and as STAC items with an ItemCollection, and a
+LEVIR-style aerial change dataset with a 256 px profile for it."""
 from __future__ import annotations
 
 import json
@@ -8,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from stsun.profiles import load_profile
-from stsun.synthetic import smooth_noise
+from stsun.synthetic import S2_20M_BANDS, smooth_noise, write_band_files, write_safe, write_scene
 
 GRASS, SOIL = np.array([70, 115, 55]), np.array([150, 122, 92])
 ROOFS = np.array([[205, 205, 210], [175, 72, 60], [95, 95, 110]])
@@ -99,3 +102,52 @@ def write_profile(path: Path, base: str, **updates) -> Path:
 def aerial_bcd_profile(path: Path) -> Path:
     """LEVIR-CD's profile (aerial RGB, 0.5 m) at a 256 px tile, as a user would copy it."""
     return write_profile(path, "levir-cd-bcd", name="aerial-bcd-256", tile_size=256)
+
+
+S2_COMMON = {"B2": "blue", "B3": "green", "B4": "red", "B5": "rededge1", "B6": "rededge2", "B7": "rededge3",
+             "B8": "nir", "B8A": "nir08", "B11": "swir16", "B12": "swir22"}
+
+
+def write_stac(date_files: list[Path], out: Path, tile: str = "33UUP") -> Path:
+    """Each date as band files (20 m bands at 20 m) and a STAC item (``dateN/item.json``), and an
+    ItemCollection of them (``catalogue.json``, what ``stsun predict-many`` pairs per tile)."""
+    import rasterio
+    from rasterio.warp import transform_bounds
+
+    profile = load_profile("sentinel2-scd")
+    items = []
+    for t, date in enumerate(date_files):
+        d = out / f"date{t + 1}"
+        paths = write_band_files(date, profile, d, lambda b, r: f"T{tile}_{b}_{round(r)}m.tif", S2_20M_BANDS)
+        with rasterio.open(date) as src:
+            west, south, east, north = transform_bounds(src.crs, "EPSG:4326", *src.bounds)
+        item = {"type": "Feature", "stac_version": "1.0.0", "id": f"S2B_{tile}_{2023 + t}0601",
+                "bbox": [west, south, east, north],
+                "geometry": {"type": "Polygon", "coordinates": [[[west, south], [east, south], [east, north],
+                                                                 [west, north], [west, south]]]},
+                "properties": {"datetime": f"{2023 + t}-06-01T10:00:00Z", "platform": "sentinel-2b",
+                               "s2:mgrs_tile": tile, "eo:cloud_cover": 0},
+                "links": [], "stac_extensions": ["https://stac-extensions.github.io/eo/v1.1.0/schema.json"],
+                "assets": {S2_COMMON[b]: {"href": p.name, "type": "image/tiff; application=geotiff",
+                                          "eo:bands": [{"name": b, "common_name": S2_COMMON[b]}]}
+                           for b, p in paths.items()}}
+        (d / "item.json").write_text(json.dumps(item, indent=1) + "\n")
+        items.append({**item, "assets": {k: {**a, "href": f"date{t + 1}/{a['href']}"} for k, a in item["assets"].items()}})
+    catalogue = out / "catalogue.json"
+    catalogue.write_text(json.dumps({"type": "FeatureCollection", "features": items}, indent=1) + "\n")
+    return catalogue
+
+
+def write_demo(out: str | Path, size: int = 512, pairs: int = 10) -> dict[str, Path]:
+    """Every demo input under ``out``; returns what was written, by name."""
+    out = Path(out)
+    profile = load_profile("sentinel2-scd")
+    scene = write_scene(profile, out / "scene", size=size, seed=0)
+    written = {"scene": out / "scene"}
+    for t, date in enumerate(scene["dates"]):
+        written[f"safe{t + 1}"] = write_safe(date, profile, out / "safe", when=f"{2023 + t}0601T100559",
+                                             driver="JP2OpenJPEG")
+    written["catalogue"] = write_stac(scene["dates"], out / "stac")
+    written["levir"] = write_change_pairs(out / "levir", pairs, size=256)
+    written["levir_profile"] = aerial_bcd_profile(out / "aerial-bcd-256.toml")
+    return written
