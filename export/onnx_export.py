@@ -105,9 +105,14 @@ def _sort_topologically(graph: onnx.GraphProto) -> None:
 
 
 def save_onnx(model: onnx.ModelProto, path: Path, full_check: bool = False) -> Path:
-    """Write ``model`` atomically, its nodes in topological order, checked by the ONNX checker
-    (``full_check``: with strict shape inference too)."""
+    """Write ``model`` atomically, its nodes in topological order and without source paths (the
+    same build from any checkout is the same file), checked by the ONNX checker (``full_check``:
+    with strict shape inference too)."""
     _sort_topologically(model.graph)
+    for node in model.graph.node:  # the exporter's stack traces name the building machine's paths
+        kept = [p for p in node.metadata_props if p.key != "pkg.torch.onnx.stack_trace"]
+        del node.metadata_props[:]
+        node.metadata_props.extend(kept)
     # Single file while it fits protobuf's 2 GB limit; larger models keep external data.
     external = model.ByteSize() > 1_800_000_000
 
