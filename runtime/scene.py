@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from stsun.atomic import atomic_path, atomic_write
 from stsun.classmaps import CHANGE_COLOURS, class_colours, encode_maps, map_layout
+from stsun.display import stretch
 from stsun.errors import SceneError
 
 from .engine import Engine
@@ -442,10 +443,10 @@ def preview(dates: list[str | Path], prediction: str | Path, path: str | Path, p
             small = Grid(full.crs, full.transform * Affine.scale(full.width / shape[1], full.height / shape[0]),
                          shape[1], shape[0])
             for t, d in enumerate(dates):
-                x, _ = DateReader(resolve_date(d, profile), profile, small, stack, dn_offset).read(
+                x, valid = DateReader(resolve_date(d, profile), profile, small, stack, dn_offset).read(
                     rasterio.windows.Window(0, 0, shape[1], shape[0]))
                 rgb = x[[profile.band_names.index(b) for b in profile.rgb_bands]]
-                panels.append((f"date {t + 1}: RGB", np.clip(rgb.transpose(1, 2, 0) * 3.5, 0, 1), None))
+                panels.append((f"date {t + 1}: RGB", stretch(rgb, valid), None))
     n_maps = profile.t_out
     classes_cmap = ListedColormap([np.array(c) / 255 for c in class_colours(profile.c_out)])
     change_cmap = ListedColormap([np.array(c) / 255 for c in CHANGE_COLOURS])

@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from stsun.classmaps import class_colours, predicted_classes
 from stsun.datasets import IGNORE, NO_CHANGE, Region, UserDataset, grid_tile_count, grid_tiles
+from stsun.display import stretch
 from stsun.metrics import confusion, majority_confusion, scores, semantic_change_scores
 from stsun.model import STSUN, Metadata
 from stsun.profiles import Profile, load_profile
@@ -108,7 +109,7 @@ def demo_figure(model: STSUN, path: Path, profile_name: str = "sentinel2-scd") -
     cmap = ListedColormap([np.array(c) / 255 for c in class_colours(profile.c_out)[: profile.c_out]])
     fig, axes = plt.subplots(profile.t_in, 3, figsize=(9, 3 * profile.t_in))
     for t in range(profile.t_in):
-        rgb = np.clip(x[0, t, rgb_idx].transpose(1, 2, 0) * 3.5, 0, 1)
+        rgb = stretch(x[0, t, rgb_idx])
         for ax, img, title in zip(axes[t], (rgb, labels[0, t], pred[0, t]),
                                   (f"date {t + 1}: RGB", "label", "demo model")):
             ax.imshow(img, cmap=None if img is rgb else cmap, vmin=0, vmax=profile.c_out - 1, interpolation="nearest")

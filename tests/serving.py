@@ -52,6 +52,8 @@ class Serve:
             if port_open(self.http) and http(self.http, "/v2/health/ready", timeout=2)[0] == 200:
                 return self
             time.sleep(0.3)
+        self.proc.kill()  # a failed test leaves no server behind (tritonserver dies with it)
+        self.proc.wait()
         raise AssertionError(f"not ready: {self.output()}")
 
     def output(self):

@@ -18,7 +18,7 @@ PACKAGES = {"stsun": "stsun", "export": "stsun.export", "runtime": "stsun.runtim
             "benchmarks": "benchmarks"}
 # Bottom to top. A module belongs to the layer of its longest matching prefix.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("core", ("stsun.errors", "stsun.atomic", "stsun.validation", "stsun.profiles", "stsun.precision",
+    ("core", ("stsun.errors", "stsun.atomic", "stsun.validation", "stsun.profiles", "stsun.precision", "stsun.display",
               "stsun.classmaps", "stsun.graph_io", "stsun.raw")),
     ("kernels", ("stsun.kernels",)),
     ("model", ("stsun", "stsun.model", "stsun.checkpoint", "stsun.synthetic", "stsun.metrics", "stsun.train",

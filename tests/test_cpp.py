@@ -8,6 +8,7 @@ import pytest
 import torch.utils
 
 from stsun import load_profile
+from stsun.classmaps import encode_maps, map_layout
 from stsun.pipeline import build_artifacts
 from stsun.runtime import load_engine
 from stsun.runtime.cpp_io import read_tensor, write_tensor
@@ -22,7 +23,7 @@ pytestmark = [pytest.mark.own_process,  # loads a compiled AOTInductor package i
 @pytest.fixture(scope="module")
 def cpp_build(tmp_path_factory):
     root = tmp_path_factory.mktemp("cpp")
-    report = build_artifacts(load_profile("sentinel2-bcd"), root / "build", precisions=("fp32",), max_batch=4,
+    report = build_artifacts(load_profile("sentinel2-scd"), root / "build", precisions=("fp32",), max_batch=4,
                    fidelity_tiles=2, cpp=True)
     aoti = next(a for a in report["artifacts"] if a["name"] == "aoti-fp32")
     assert aoti["fidelity"]["gate"]["passed"], aoti["fidelity"]
@@ -34,22 +35,33 @@ def cpp_build(tmp_path_factory):
 
 
 def test_cpp_example_matches_python(cpp_build):
+    """Logits as the folded and onnxruntime backends give them; the map bands `stsun predict`
+    writes (classes per date, from-to codes), with nodata 255 where an input pixel is NaN."""
     root = cpp_build
     engine = load_engine(root / "build", backend="folded")
-    x, _ = synthetic_tiles(engine.profile, 3, seed=21)
+    p = engine.profile
+    x, _ = synthetic_tiles(p, 3, seed=21)
+    x[0, 1, 4, :30, :40] = np.nan  # one band of the second date missing
+    x[2, 0, :, 200:, :] = np.nan
     write_tensor(root / "input.bin", x)
     res = subprocess.run([str(root / "cmake" / "stsun_example"), str(root / "build" / "model.fp32.pt2"),
-                          str(root / "input.bin"), str(root / "out"), "3"], capture_output=True, text=True)
+                          str(root / "input.bin"), str(root / "out"), "3", "--threads", "1"],
+                         capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
-    assert "profile sentinel2-bcd batch 3" in res.stdout
+    assert "profile sentinel2-scd batch 3, 1 threads" in res.stdout
     logits = read_tensor(root / "out.logits.bin", np.float32)
-    classes = read_tensor(root / "out.classes.bin", np.int64)
-    want = engine(x)
-    assert logits.shape == want.shape == (3, 1, 1, 256, 256)
+    maps = read_tensor(root / "out.maps.bin", np.uint8)
+    valid = np.isfinite(x).all(axis=(1, 2))
+    want = engine(np.where(np.isfinite(x), x, 0).astype(np.float32))
+    assert logits.shape == want.shape == (3, 2, 6, 256, 256)
     assert np.abs(logits - want).max() < 1e-4
-    ort = load_engine(root / "build", backend="onnxruntime")(x)
+    ort = load_engine(root / "build", backend="onnxruntime")(np.nan_to_num(x))
     assert np.abs(logits - ort).max() < 1e-4
-    np.testing.assert_array_equal(classes, (want[:, :, 0] > 0).astype(np.int64))
+    bands, dtype, nodata = map_layout(p.task, p.t_out, p.c_out)
+    want_maps = np.where(valid[:, None], encode_maps(want, p.task, p.c_out), nodata).astype(dtype)
+    assert maps.shape == (3, bands, 256, 256) and maps.dtype == np.uint8
+    assert (maps[0, :, :30, :40] == 255).all() and (maps[2, :, 200:] == 255).all()
+    assert (maps != want_maps).mean() < 1e-4  # argmax ties between the two runtimes only
 
 
 def test_cpp_reports_errors(cpp_build, tmp_path):

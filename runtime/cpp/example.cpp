@@ -1,7 +1,11 @@
-// stsun_example PACKAGE.pt2 INPUT.bin OUTPUT_PREFIX [REPEATS]
-// INPUT.bin: int64 rank, int64 dims[rank], float32 data (row-major), as written by
-// stsun.runtime.cpp_io.write_tensor. Writes OUTPUT_PREFIX.logits.bin (float32) and
-// OUTPUT_PREFIX.classes.bin (int64) in the same format and prints the latency per run.
+// stsun_example PACKAGE.pt2 INPUT.bin OUTPUT_PREFIX [REPEATS] [--threads N]
+// INPUT.bin: int64 rank, int64 dims[rank], float32 data (row-major; NaN = nodata), as written
+// by stsun.runtime.cpp_io.write_tensor. Writes OUTPUT_PREFIX.logits.bin (float32) and
+// OUTPUT_PREFIX.maps.bin (uint8, or uint16 for large scd class sets: the bands stsun predict
+// writes, nodata 255 / 65535) in the same format and prints the latency per run.
+// --threads: intra-op threads (default: half the hardware threads, at least one: on a box that
+// also runs other work, all of them oversubscribe the cores and OpenMP's spinning threads wait
+// on each other, 8x slower measured on a busy 2-core machine).
 #include "stsun_engine.hpp"
 
 #include <torch/torch.h>
@@ -9,8 +13,10 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <iostream>
+#include <thread>
 #include <vector>
 
 static bool read_tensor(const std::string& path, at::Tensor* out, std::string* error) {
@@ -41,22 +47,32 @@ static void write_tensor(const std::string& path, const at::Tensor& t) {
 }
 
 int main(int argc, char** argv) {
-  if (argc < 4) {
-    std::cerr << "usage: " << argv[0] << " PACKAGE.pt2 INPUT.bin OUTPUT_PREFIX [REPEATS]\n";
+  std::vector<std::string> args;
+  int threads = std::max(1u, std::thread::hardware_concurrency() / 2);
+  for (int i = 1; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--threads") == 0 && i + 1 < argc) {
+      threads = std::atoi(argv[++i]);
+    } else {
+      args.emplace_back(argv[i]);
+    }
+  }
+  if (args.size() < 3 || threads < 1) {
+    std::cerr << "usage: " << argv[0] << " PACKAGE.pt2 INPUT.bin OUTPUT_PREFIX [REPEATS] [--threads N]\n";
     return 2;
   }
+  at::set_num_threads(threads);
   std::string error;
-  auto engine = stsun::Engine::open(argv[1], &error);
+  auto engine = stsun::Engine::open(args[0], &error);
   if (!engine) {
     std::cerr << "error: " << error << "\n";
     return 1;
   }
   at::Tensor x;
-  if (!read_tensor(argv[2], &x, &error)) {
+  if (!read_tensor(args[1], &x, &error)) {
     std::cerr << "error: " << error << "\n";
     return 1;
   }
-  int repeats = argc > 4 ? std::atoi(argv[4]) : 1;
+  int repeats = args.size() > 3 ? std::atoi(args[3].c_str()) : 1;
   stsun::Result result;
   std::vector<double> ms;
   for (int i = 0; i < std::max(1, repeats); ++i) {
@@ -67,10 +83,10 @@ int main(int argc, char** argv) {
     }
     ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count());
   }
-  write_tensor(std::string(argv[3]) + ".logits.bin", result.logits);
-  write_tensor(std::string(argv[3]) + ".classes.bin", result.classes);
+  write_tensor(args[2] + ".logits.bin", result.logits);
+  write_tensor(args[2] + ".maps.bin", result.maps);
   std::sort(ms.begin(), ms.end());
-  std::printf("profile %s batch %lld: median %.2f ms over %zu runs\n", engine->profile().name.c_str(),
-              static_cast<long long>(x.size(0)), ms[ms.size() / 2], ms.size());
+  std::printf("profile %s batch %lld, %d threads: median %.2f ms over %zu runs\n", engine->profile().name.c_str(),
+              static_cast<long long>(x.size(0)), threads, ms[ms.size() / 2], ms.size());
   return 0;
 }

@@ -50,15 +50,25 @@ bool Engine::run(const at::Tensor& x, Result* out, std::string* error) const {
     *error = std::string("expected float32 input, got ") + c10::toString(x.scalar_type());
     return false;
   }
-  if (!torch::isfinite(x).all().item<bool>()) {
-    *error = "input contains NaN or infinite values; mask nodata before inference";
+  if (torch::isinf(x).any().item<bool>()) {
+    *error = "input contains infinite values; mark nodata as NaN";
     return false;
   }
   try {
     torch::NoGradGuard no_grad;
-    auto outputs = loader_->run({x.contiguous()});
+    auto nodata = torch::isnan(x).any(2).any(1);  // (B, H, W): any band of any date missing
+    auto outputs = loader_->run({torch::nan_to_num(x, 0.0).contiguous()});
     out->logits = outputs.at(0);
-    out->classes = p.c_out == 1 ? (out->logits.select(2, 0) > 0).to(at::kLong) : out->logits.argmax(2);
+    auto cls = p.c_out == 1 ? (out->logits.select(2, 0) > 0).to(at::kLong) : out->logits.argmax(2);
+    at::Tensor maps = cls;
+    if (p.task == "scd") {  // from-to codes between consecutive dates, 0 where the class stays
+      auto before = cls.narrow(1, 0, p.t_out - 1), after = cls.narrow(1, 1, p.t_out - 1);
+      maps = torch::cat({cls, torch::where(before != after, 1 + before * p.c_out + after, torch::zeros_like(before))}, 1);
+    }
+    bool wide = p.task == "scd" && 1 + p.c_out * p.c_out > 254;  // as stsun.classmaps.map_layout
+    out->nodata = wide ? 65535 : 255;
+    maps.masked_fill_(nodata.unsqueeze(1), out->nodata);
+    out->maps = maps.to(wide ? at::kUInt16 : at::kByte);
     return true;
   } catch (const std::exception& e) {
     *error = std::string("inference failed: ") + e.what();

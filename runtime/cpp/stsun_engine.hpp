@@ -1,7 +1,8 @@
 // STSUN engine for C++ services: loads an AOTInductor package written by
 // `python export/build_engine.py --profile NAME --cpp`, checks inputs against the profile
-// stored in it, runs a batch and returns logits and class maps. Errors are returned, never
-// thrown past this API or aborted on.
+// stored in it, runs a batch and returns logits and the map bands `stsun predict` writes
+// (uint8 or uint16, with its nodata value where an input pixel is NaN). Errors are returned,
+// never thrown past this API or aborted on.
 #pragma once
 
 #include <ATen/Tensor.h>
@@ -22,8 +23,13 @@ struct Profile {
 };
 
 struct Result {
-  at::Tensor logits;   // (B, T_out, C_out, H, W) float32
-  at::Tensor classes;  // (B, T_out, H, W) int64: argmax, or logit > 0 for one channel
+  at::Tensor logits;  // (B, T_out, C_out, H, W) float32 (NaN inputs read as 0)
+  // (B, bands, H, W) as stsun predict writes them (stsun.classmaps.map_layout): per date the class
+  // (argmax, or logit > 0 for one channel); for scd then the from-to codes 1 + from * C_out + to
+  // (0: no change) between consecutive dates. uint8 with nodata 255 (uint16 / 65535 when the
+  // codes need it) where any band of any date of the pixel is NaN.
+  at::Tensor maps;
+  int64_t nodata = 255;
 };
 
 class Engine {
@@ -33,7 +39,8 @@ class Engine {
   ~Engine();
 
   const Profile& profile() const { return profile_; }
-  // false and *error set on failure (bad shape, dtype, non-finite values, runtime error).
+  // false and *error set on failure (bad shape, dtype, infinite values, runtime error). NaN marks
+  // nodata, as stsun predict's masked pixels.
   bool run(const at::Tensor& x, Result* out, std::string* error) const;
 
  private:
