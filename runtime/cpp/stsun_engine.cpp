@@ -28,6 +28,7 @@ std::unique_ptr<Engine> Engine::open(const std::string& package_path, std::strin
     p.t_out = std::stoll(need("t_out"));
     p.c_out = std::stoll(need("c_out"));
     p.classes_json = need("classes");
+    if (meta.count("device")) p.device = meta.at("device");  // packages built before it was recorded: cpu
     return engine;
   } catch (const std::exception& e) {
     *error = "could not load STSUN package " + package_path + ": " + e.what();
@@ -56,8 +57,8 @@ bool Engine::run(const at::Tensor& x, Result* out, std::string* error) const {
   }
   try {
     torch::NoGradGuard no_grad;
-    auto outputs = loader_->run({x.contiguous()});
-    out->logits = outputs.at(0);
+    auto outputs = loader_->run({x.to(c10::Device(p.device)).contiguous()});
+    out->logits = outputs.at(0).cpu();
     out->classes = p.c_out == 1 ? (out->logits.select(2, 0) > 0).to(at::kLong) : out->logits.argmax(2);
     return true;
   } catch (const std::exception& e) {

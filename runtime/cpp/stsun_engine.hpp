@@ -19,9 +19,10 @@ struct Profile {
   std::string name, task;
   int64_t t_in = 0, c_in = 0, tile_size = 0, t_out = 0, c_out = 0;
   std::string classes_json;
+  std::string device = "cpu";  // where the package's code runs ("cpu" or "cuda")
 };
 
-struct Result {
+struct Result {  // on the CPU, whatever the package's device
   at::Tensor logits;   // (B, T_out, C_out, H, W) float32
   at::Tensor classes;  // (B, T_out, H, W) int64: argmax, or logit > 0 for one channel
 };
@@ -33,7 +34,8 @@ class Engine {
   ~Engine();
 
   const Profile& profile() const { return profile_; }
-  // false and *error set on failure (bad shape, dtype, non-finite values, runtime error).
+  // x: a CPU tensor, moved to the package's device. false and *error set on failure (bad
+  // shape, dtype, non-finite values, runtime error).
   bool run(const at::Tensor& x, Result* out, std::string* error) const;
 
  private:
