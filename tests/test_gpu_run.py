@@ -78,3 +78,13 @@ def test_a_section_past_its_box_is_ended_and_the_run_goes_on(tmp_path):
 def test_unknown_section_is_refused(tmp_path):
     res = dry_run(tmp_path / "out", "--sections", "kernel,warp", timeout=120)
     assert res.returncode == 2 and "unknown section(s) warp" in res.stderr
+
+
+def test_the_real_run_needs_a_gpu(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is here: the real run would start")
+    res = subprocess.run([sys.executable, SCRIPT, "--out", str(tmp_path / "out")], capture_output=True, text=True,
+                         timeout=120, cwd=tmp_path)
+    assert res.returncode == 2 and "needs a CUDA device" in res.stderr and "--dry-run" in res.stderr
