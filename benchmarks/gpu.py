@@ -27,6 +27,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Annotated, Optional
@@ -77,34 +78,39 @@ def settle(path: Path, name: str, status: str, seconds: float, box: float, ident
     return data
 
 
+def run_section(name: str, seconds: float, out: Path, work: Path, log, dry_run: bool) -> tuple[str, str]:
+    """(status, the tail of its output unless it ended well) of one section given ``seconds``."""
+    log.write(f"\n===== {name} =====\n")
+    log.flush()
+    offset = os.fstat(log.fileno()).st_size
+    rc = finish(spawn(["--section", name, "--out", str(out), "--work", str(work)], log, dry_run), seconds)
+    status = "timed out" if rc is None else "ok" if rc == 0 else f"failed (exit {rc})"
+    if status == "ok":
+        return status, ""
+    with open(log.name, "rb") as f:
+        f.seek(offset)
+        return status, f.read().decode(errors="replace")[-3000:]
+
+
 def run_all(out: Path, work: Path, names: list[str], boxes: dict[str, float], budget: float, dry_run: bool) -> int:
     deadline = time.monotonic() + budget
-    device = "cpu" if dry_run else "cuda"
-    ident = gpu_sections.identity(device)
+    ident = gpu_sections.identity("cpu" if dry_run else "cuda")
     print("device: " + ", ".join(f"{k} {v}" for k, v in ident.items()), flush=True)
     summary = {"identity": ident, "dry_run": dry_run, "budget_s": budget, "sections": {}}
-    log_path = out / LOG
-    with open(log_path, "a") as log:
+    with open(out / LOG, "a") as log:
         prepared = None
         if any(n in NEEDS_PREPARED for n in names):
             prepared = spawn(["--section", "prepare", "--out", str(out), "--work", str(work)], log, dry_run)
         for name in names:
             start = time.monotonic()
             box = min(boxes[name], deadline - start)
-            if deadline - start < 5:
-                status = "skipped (budget spent)"
-            else:
+            status, tail = "skipped (budget spent)", ""
+            if deadline - start >= 5:
                 if name in NEEDS_PREPARED and prepared is not None:
-                    finish(prepared, start + box - time.monotonic())  # its wait counts in this box
+                    finish(prepared, box)  # its wait counts in this section's box
                     prepared = None
-                log.write(f"\n===== {name} =====\n")
-                log.flush()
-                offset = log_path.stat().st_size
-                child = spawn(["--section", name, "--out", str(out), "--work", str(work)], log, dry_run)
-                rc = finish(child, start + box - time.monotonic())
-                status = "timed out" if rc is None else "ok" if rc == 0 else f"failed (exit {rc})"
+                status, tail = run_section(name, start + box - time.monotonic(), out, work, log, dry_run)
             seconds = time.monotonic() - start
-            tail = log_path.read_text(errors="replace")[offset:][-3000:] if status.startswith(("timed", "failed")) else ""
             data = settle(out / FILES[name], name, status, seconds, box, ident, tail)
             if data.get("passed") is False and status == "ok":
                 status = "ok, FAILED its check"
@@ -117,7 +123,21 @@ def run_all(out: Path, work: Path, names: list[str], boxes: dict[str, float], bu
     return 0 if all(s["status"] == "ok" for s in summary["sections"].values()) else 1
 
 
+def end_with_parent() -> None:
+    """A child has a session of its own (a time-out ends it with its workers), so it would outlive a
+    killed run (the device call's limit) and hold the GPU: it ends itself once its parent is gone."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1)
+        os.killpg(os.getpgrp(), signal.SIGKILL)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def run_child(name: str, out: Path, work: Path, dry_run: bool) -> None:
+    end_with_parent()
     device = "cpu" if dry_run else "cuda"
     cfg = gpu_sections.DRY if dry_run else gpu_sections.REAL
     if name == "prepare":

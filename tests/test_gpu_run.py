@@ -88,3 +88,38 @@ def test_the_real_run_needs_a_gpu(tmp_path):
     res = subprocess.run([sys.executable, SCRIPT, "--out", str(tmp_path / "out")], capture_output=True, text=True,
                          timeout=120, cwd=tmp_path)
     assert res.returncode == 2 and "needs a CUDA device" in res.stderr and "--dry-run" in res.stderr
+
+
+def test_children_end_when_the_run_is_killed(tmp_path):
+    """A device call's time limit kills the run: its section children (sessions of their own) must
+    not live on holding the GPU."""
+    import os
+    import signal
+    import time
+
+    out = tmp_path / "out"
+    # the model section runs for half a minute or more: longer than the wait below
+    parent = subprocess.Popen([sys.executable, SCRIPT, "--dry-run", "--out", str(out), "--sections", "model"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
+
+    def children() -> list[int]:
+        found = []
+        for proc in Path("/proc").iterdir():
+            try:
+                cmdline = (proc / "cmdline").read_bytes().decode(errors="replace")
+            except OSError:
+                continue
+            if proc.name.isdigit() and int(proc.name) != parent.pid and str(out) in cmdline:
+                found.append(int(proc.name))
+        return found
+
+    deadline = time.monotonic() + 120
+    while not (out / "model_gpu.json").is_file() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert children(), "the model section's child should be running"
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 15
+    while children() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert children() == []
