@@ -10,8 +10,9 @@ model's reference path) vs pad+partition+explicit softmax(QK^T)V+reverse. Millis
 and the percentage of this device's measured bf16 matmul peak. Every implementation's output
 is checked against a float64 reference first.
 
-Model level (sentinel2-scd, large model, bf16): eager (dynamic model, SDPA), folded (SDPA),
-folded + kernel, and compiled (folded + kernel + torch.compile with CUDA graphs).
+Model level (sentinel2-scd, large model, bf16): eager (dynamic model under bf16 autocast, SDPA),
+folded (SDPA), folded + kernel, and compiled (folded + kernel + torch.compile with CUDA graphs);
+``model_rows`` also runs eager fp32, the baseline of benchmarks/gpu.py.
 """
 from __future__ import annotations
 

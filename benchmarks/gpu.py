@@ -16,10 +16,12 @@ Each section runs in a child process of its own under its time box (cut to what 
 its file after every measurement ("complete" stays false until it ends), so nothing measured is
 lost. Every file carries the device's identity; ``gpu_summary.json`` holds each section's status
 and ``gpu_log.txt`` the children's output. One line per section goes to stdout. Meanwhile a
-background child writes the scene and training data and builds the C++ example, on the CPU.
+background child writes the scene and training data and builds the C++ example, on the CPU; the
+sections that need them wait for them within their own boxes.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -64,7 +66,8 @@ def finish(proc: subprocess.Popen, timeout: float) -> int | None:
         return proc.wait(timeout=max(timeout, 0))
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        with contextlib.suppress(subprocess.TimeoutExpired):  # one stuck in the kernel must not stop the run
+            proc.wait(timeout=30)
         return None
 
 
@@ -101,14 +104,14 @@ def run_all(out: Path, work: Path, names: list[str], boxes: dict[str, float], bu
         prepared = None
         if any(n in NEEDS_PREPARED for n in names):
             prepared = spawn(["--section", "prepare", "--out", str(out), "--work", str(work)], log, dry_run)
+            # before any section looks for it: the sections wait on this process, never start its work
+            work.mkdir(parents=True, exist_ok=True)
+            atomic_write(work / gpu_sections.PREPARED, lambda tmp: tmp.write_text(json.dumps({"pid": prepared.pid})))
         for name in names:
             start = time.monotonic()
             box = min(boxes[name], deadline - start)
             status, tail = "skipped (budget spent)", ""
             if deadline - start >= 5:
-                if name in NEEDS_PREPARED and prepared is not None:
-                    finish(prepared, box)  # its wait counts in this section's box
-                    prepared = None
                 status, tail = run_section(name, start + box - time.monotonic(), out, work, log, dry_run)
             seconds = time.monotonic() - start
             data = settle(out / FILES[name], name, status, seconds, box, ident, tail)

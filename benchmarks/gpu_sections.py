@@ -9,6 +9,7 @@ survives a time-out; it returns its one-line summary.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import shutil
 import subprocess
@@ -93,27 +94,46 @@ def scd_profile():
 # -- background preparation (CPU only: runs while the first sections use the GPU) ------------------
 def prepare(cfg: dict[str, dict], work: Path) -> None:
     """Write the training dataset and the scene, and build the C++ example; ``work/prepared.json``
-    records what each step took and any failure, which the sections that need them report."""
+    records each step as it ends (its seconds, or its failure) for the sections waiting on it."""
     import scene as scene_bench
 
     from stsun.runtime.cpp_io import build_example
     from stsun.synthetic import write_scene
 
-    prof, record = scd_profile(), {}
+    prof, record = scd_profile(), {"pid": os.getpid()}
     steps: dict[str, Callable[[], object]] = {
         "train_data": lambda: write_scene(prof, work / TRAIN_DATA, size=cfg["train"]["data_px"], seed=7),
         "scene": lambda: scene_bench.efficiency_scene(prof, work, cfg["scene"]["px"]),
-        "cpp_build": lambda: build_example(work / "cpp", jobs=4),
+        # a quarter of the cores: the sections in the foreground compile too
+        "cpp_build": lambda: build_example(work / "cpp", jobs=max(1, (os.cpu_count() or 1) // 4)),
     }
     for name, step in steps.items():
         start = time.perf_counter()
         try:
             step()
             record[name] = {"seconds": round(time.perf_counter() - start, 1)}
-        except (OSError, subprocess.CalledProcessError) as err:
-            detail = getattr(err, "stderr", None) or getattr(err, "stdout", None) or str(err)
+        except Exception as err:  # recorded for the section that needs it; the other steps go on
+            detail = getattr(err, "stderr", None) or f"{type(err).__name__}: {err}"
             record[name] = {"error": str(detail)[-3000:]}
         atomic_write(work / PREPARED, lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n"))
+
+
+def running(pid: int) -> bool:
+    """Whether process ``pid`` is alive (a zombie, dead but not yet reaped, is not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def wait_prepared(work: Path, step: str) -> dict:
+    """``prepare``'s record of ``step`` once it has ended; {} if no preparation runs or it died
+    first (a section then makes what it needs itself, or says what is missing)."""
+    while True:
+        record = json.loads((work / PREPARED).read_text()) if (work / PREPARED).is_file() else {}
+        if step in record or not running(record.get("pid", -1)):
+            return record.get(step, {})
+        time.sleep(0.5)
 
 
 # -- sections, in order of value --------------------------------------------------------------------
@@ -195,6 +215,7 @@ def scene(report: Report, cfg: dict, device: str, work: Path) -> str:
     from stsun.runtime.scene import tile_starts
 
     prof = scd_profile()
+    report.save(prepared=wait_prepared(work, "scene"))
     tile = prof.tile_size
     cols = len(tile_starts(cfg["px"], tile, tile - tile // 4))
     # every strip then splits into equal batches: one compiled graph, not one per batch size
@@ -215,6 +236,7 @@ def train(report: Report, cfg: dict, device: str, work: Path) -> str:
     from stsun.synthetic import write_scene
 
     prof = scd_profile()
+    report.save(prepared=wait_prepared(work, "train_data"))
     data_dir = work / TRAIN_DATA
     if not (data_dir / "labels_date1.tif").is_file():  # the background preparation did not write it
         write_scene(prof, data_dir, size=cfg["data_px"], seed=7)
@@ -249,7 +271,8 @@ def cpp(report: Report, cfg: dict, device: str, work: Path) -> str:
     start = time.perf_counter()
     pt2 = export_aoti(folded, prof, work / "model.pt2", cfg["batch"], {}, device=device)
     report.save(model_size=cfg["size"], batch=cfg["batch"], export_seconds=round(time.perf_counter() - start, 1))
-    built = json.loads((work / PREPARED).read_text()).get("cpp_build", {}) if (work / PREPARED).is_file() else {}
+    built = wait_prepared(work, "cpp_build")
+    report.save(prepared=built)
     exe = work / "cpp" / "stsun_example"
     if not exe.is_file():
         raise RuntimeError(f"the C++ example was not built: {built.get('error', 'no build was attempted')}")
