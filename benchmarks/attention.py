@@ -10,11 +10,13 @@ model's reference path) vs pad+partition+explicit softmax(QK^T)V+reverse. Millis
 and the percentage of this device's measured bf16 matmul peak. Every implementation's output
 is checked against a float64 reference first.
 
-Model level (sentinel2-scd, large model, bf16): eager (dynamic model, SDPA), folded (SDPA),
-folded + kernel, and compiled (folded + kernel + torch.compile with CUDA graphs).
+Model level (sentinel2-scd, large model, bf16): eager (dynamic model under bf16 autocast, SDPA),
+folded (SDPA), folded + kernel, and compiled (folded + kernel + torch.compile with CUDA graphs);
+``model_rows`` also runs eager fp32, the baseline of benchmarks/gpu.py.
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import platform
@@ -23,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Annotated, Callable
 
+import numpy as np
 import torch
 import typer
 from rich.console import Console
@@ -98,40 +101,85 @@ def kernel_rows(grid: tuple[int, int], channels: int, heads: int, batches: list[
     return rows
 
 
-def model_rows(size: str, batches: list[int], device: str) -> list[dict]:
-    """Whole-model effect of the kernel (GPU only): same weights, same tiles, bf16."""
+# name -> (folded, dtype, fused kernel, torch.compile): the whole-model variants. The dynamic
+# model's hypernetworks take fp32 metadata, so it runs bf16 under autocast; the folded one is cast.
+MODEL_VARIANTS: dict[str, tuple[bool, torch.dtype, bool, bool]] = {
+    "eager-fp32": (False, torch.float32, False, False),
+    "eager": (False, torch.bfloat16, False, False),
+    "folded": (True, torch.bfloat16, False, False),
+    "folded+kernel": (True, torch.bfloat16, True, False),
+    "compiled": (True, torch.bfloat16, True, True),
+}
+
+
+def model_rows(size: str, batches: list[int], device: str, variants: tuple[str, ...] = (
+        "eager", "folded", "folded+kernel", "compiled"), on_row: Callable[[list[dict]], None] | None = None) -> list[dict]:
+    """Whole-model effect of the kernel: same weights, same tiles. The first variant is the
+    baseline of ``x_base`` (speed) and ``argmax_agreement``. Compiled variants run last, largest
+    batch first (their compilation is the slow part); ``on_row`` sees the rows after each one."""
     from stsun.checkpoint import load_model
+    from stsun.classmaps import predicted_classes
     from stsun.model.folding import fold
     from stsun import Metadata
-    from stsun.model.lgwa import WindowAttention
+    from stsun.model.lgwa import use_fused_kernel
     from stsun.profiles import load_profile
     from stsun.synthetic import synthetic_tiles
 
     profile = load_profile("sentinel2-scd")
     model = load_model(None, size=size).eval()
-    folded = fold(model, profile)
-    model, folded = (m.to(device=device, dtype=torch.bfloat16) for m in (model, folded))
     meta = Metadata.from_profile(profile)
-    compiled = torch.compile(folded, mode="reduce-overhead", dynamic=False)
-
-    def kernel(module: torch.nn.Module, on: bool) -> None:
-        for m in module.modules():
-            if isinstance(m, WindowAttention):
-                m.use_kernel = on
-
-    variants = {"eager": (model, False, lambda x: model(x, meta)), "folded": (folded, False, folded),
-                "folded+kernel": (folded, True, folded), "compiled": (folded, True, compiled)}
-    rows = []
+    folded = fold(model, profile)
+    modules: dict[tuple[bool, torch.dtype], torch.nn.Module] = {}
+    compiled: dict[torch.dtype, Callable] = {}
+    mode = "reduce-overhead" if device == "cuda" else "default"  # CUDA graphs on a GPU, as the compiled backend
+    tiles = {b: synthetic_tiles(profile, b, seed=0)[0] for b in batches}
+    rows: list[dict] = []
+    baseline: dict[int, tuple[float, np.ndarray]] = {}
+    order = [(n, b) for n in variants if not MODEL_VARIANTS[n][3] for b in batches]
+    order += [(n, b) for n in variants if MODEL_VARIANTS[n][3] for b in sorted(batches, reverse=True)]
+    for name, batch in order:
+        is_folded, dtype, kernel, compile_it = MODEL_VARIANTS[name]
+        weights = dtype if is_folded else torch.float32
+        key = (is_folded, weights)
+        if key not in modules:
+            modules[key] = copy.deepcopy(folded if is_folded else model).to(device=device, dtype=weights)
+        module = modules[key]
+        use_fused_kernel(module, kernel)
+        if compile_it:
+            fn = compiled.setdefault(dtype, torch.compile(module, mode=mode, dynamic=False))
+        else:
+            fn = module if is_folded else (lambda x, m=module: m(x, meta))
+        x = torch.from_numpy(tiles[batch]).to(device, weights)
+        with torch.inference_mode(), torch.autocast(device, dtype=dtype, enabled=dtype != weights):
+            start = time.perf_counter()
+            out = fn(x).float().cpu().numpy()  # the first call includes compilation
+            first_s = time.perf_counter() - start
+            ms = bench_ms(lambda: fn(x), device)
+        classes = predicted_classes(out)
+        if batch not in baseline:
+            baseline[batch] = (ms, classes)
+        base_ms, base_classes = baseline[batch]
+        rows.append({"variant": name, "batch": batch, "ms": ms, "ms_per_tile": ms / batch,
+                     "tiles_per_s": batch / ms * 1e3, "x_base": base_ms / ms, "first_call_s": first_s,
+                     "argmax_agreement": float((classes == base_classes).mean())})
+        if on_row:
+            on_row(rows)
     for batch in batches:
-        x = torch.from_numpy(synthetic_tiles(profile, batch, seed=0)[0]).to(device, torch.bfloat16)
-        for name, (module, on, fn) in variants.items():
-            kernel(module, on)
-            with torch.inference_mode():
-                ms = bench_ms(lambda: fn(x), device)
-            rows.append({"variant": name, "batch": batch, "ms": ms, "tiles_per_s": batch / ms * 1e3})
-        base = rows[-4]["ms"]
-        console.print(f"model {size} b{batch}: " + "  ".join(f"{r['variant']} x{base / r['ms']:.2f}" for r in rows[-4:]))
+        mine = [r for r in rows if r["batch"] == batch]
+        console.print(f"model {size} b{batch}: " + "  ".join(f"{r['variant']} x{r['x_base']:.2f}" for r in mine))
     return rows
+
+
+def config(quick: bool) -> tuple[tuple[int, int], int, int, dict[str, tuple[int, int]]]:
+    """(grid, channels, heads, windows): the paper's large size, or CPU smoke-run shapes (a 12x10
+    grid exercises partial windows; 2 heads of 16 keep the interpreter fast)."""
+    if quick:
+        return (12, 10), 32, 2, {"8x4": (8, 4), "4x8": (4, 8), "global": (12, 10)}
+    return (32, 32), 1024, 16, WINDOWS
+
+
+def device_name(device: str) -> str:
+    return torch.cuda.get_device_name() if device == "cuda" else platform.processor() or platform.machine()
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -179,16 +227,14 @@ def main(
         raise typer.Exit(2)
     batches = [int(b) for b in batch.split(",")]
     dtypes = [d.strip() for d in dtype.split(",")]
-    if quick:  # a 12x10 grid exercises partial windows; 2 heads of 16 keep the interpreter fast
-        grid, channels, heads, windows = (12, 10), 32, 2, {"8x4": (8, 4), "4x8": (4, 8), "global": (12, 10)}
+    grid, channels, heads, windows = config(quick)
+    if quick:
         batches, model_size = batches[:1], ""
-    else:
-        grid, channels, heads, windows = (32, 32), 1024, 16, WINDOWS
     peak_dtype = torch.bfloat16 if device == "cuda" else torch.float32
     peak = matmul_peak_tflops(device, peak_dtype)
     console.print(f"{device}: measured {str(peak_dtype).split('.')[-1]} matmul peak {peak:.1f} TFLOP/s")
     result = {
-        "device": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or platform.machine(),
+        "device": device_name(device),
         "torch": torch.__version__, "triton": __import__("triton").__version__, "quick": quick,
         "config": {"grid": grid, "channels": channels, "heads": heads, "windows": windows},
         "matmul_peak_tflops": peak, "peak_dtype": str(peak_dtype).split(".")[-1],

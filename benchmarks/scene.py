@@ -35,19 +35,32 @@ def band_directory(date_file: Path, profile, out_dir: Path) -> Path:
 
 def efficiency(prof, build_dir: Path, work: Path, backend: str, size: int, reps: int) -> dict:
     """Engine-only time of the scene's own batches over the scene run's wall time."""
-    import numpy as np
-
     from stsun.runtime import load_engine
-    from stsun.runtime.scene import SceneOptions, predict_scene, tile_starts
-    from stsun.synthetic import synthetic_tiles, write_scene
+
+    return engine_efficiency(prof, load_engine(build_dir, backend=backend), work, size, reps)
+
+
+def efficiency_scene(prof, work: Path, size: int) -> list[Path]:
+    """The efficiency scene's dates (``size`` px square), written under ``work`` unless already there."""
+    from stsun.synthetic import write_scene
 
     scene = work / f"{prof.name}-eff-{size}"
     dates = [scene / f"date{t + 1}.tif" for t in range(prof.t_in)]
     if not all(d.is_file() for d in dates):
         write_scene(prof, scene, size=size, seed=size)
-    dirs = [d if (d := scene / f"bands{t + 1}").is_dir() else band_directory(dates[t], prof, d)
-            for t in range(prof.t_in)]
-    engine = load_engine(build_dir, backend=backend)
+    return dates
+
+
+def engine_efficiency(prof, engine, work: Path, size: int, reps: int,
+                      kinds: tuple[str, ...] = ("multi-band", "band directory")) -> dict:
+    """``efficiency`` for an engine already made, on the kinds of input named."""
+    import numpy as np
+
+    from stsun.runtime.scene import SceneOptions, predict_scene, tile_starts
+    from stsun.synthetic import synthetic_tiles
+
+    dates = efficiency_scene(prof, work, size)
+    scene = dates[0].parent
     tile = prof.tile_size
     starts = tile_starts(size, tile, tile - tile // 4)
     step = engine.max_batch or 8
@@ -55,7 +68,10 @@ def efficiency(prof, build_dir: Path, work: Path, backend: str, size: int, reps:
     x, _ = synthetic_tiles(prof, step, seed=5)
     engine(x)  # warm-up
     predict_scene(engine, dates, work / "warm.tif", SceneOptions(progress=False))
-    configs = (("multi-band", dates), ("band directory", dirs))
+    configs = [("multi-band", dates)] if "multi-band" in kinds else []
+    if "band directory" in kinds:
+        configs.append(("band directory", [d if (d := scene / f"bands{t + 1}").is_dir() else
+                                           band_directory(dates[t], prof, d) for t in range(prof.t_in)]))
     runs: dict[str, list[float]] = {"engine": [], **{name: [] for name, _ in configs}}
     stages: dict[str, list[dict]] = {name: [] for name, _ in configs}
     for _ in range(reps):
@@ -73,7 +89,7 @@ def efficiency(prof, build_dir: Path, work: Path, backend: str, size: int, reps:
     med = {k: float(np.median(v)) for k, v in runs.items()}
     km2 = size * size * (prof.gsd_m / 1000) ** 2
     return {
-        "scene_px": size, "dates": prof.t_in, "tiles": len(starts) ** 2, "backend": backend, "reps": reps,
+        "scene_px": size, "dates": prof.t_in, "tiles": len(starts) ** 2, "backend": engine.backend, "reps": reps,
         "engine_only_seconds": med["engine"],
         "inputs": {name: {"seconds": med[name], "efficiency": med["engine"] / med[name], "km2_per_s": km2 / med[name],
                           "stage_seconds": {k: float(np.median([t[k] for t in stages[name]])) for k in stages[name][0]}}

@@ -1,20 +1,17 @@
 """The C++ consumer (runtime/cpp) builds with CMake against the torch wheel and reproduces Python."""
 import shutil
 import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
-import torch.utils
 
 from stsun import load_profile
 from stsun.classmaps import encode_maps, map_layout
 from stsun.pipeline import build_artifacts
 from stsun.runtime import load_engine
-from stsun.runtime.cpp_io import read_tensor, write_tensor
+from stsun.runtime.cpp_io import build_example, read_tensor, write_tensor
 from stsun.synthetic import synthetic_tiles
 
-ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.own_process,  # loads a compiled AOTInductor package into the process
               pytest.mark.skipif(not (shutil.which("cmake") and shutil.which("c++")),
                                  reason="cmake and a C++ compiler are needed to build runtime/cpp")]
@@ -27,10 +24,7 @@ def cpp_build(tmp_path_factory):
                    fidelity_tiles=2, cpp=True)
     aoti = next(a for a in report["artifacts"] if a["name"] == "aoti-fp32")
     assert aoti["fidelity"]["gate"]["passed"], aoti["fidelity"]
-    subprocess.run(["cmake", "-S", str(ROOT / "runtime" / "cpp"), "-B", str(root / "cmake"),
-                    f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}", "-DCMAKE_BUILD_TYPE=Release"],
-                   check=True, capture_output=True)
-    subprocess.run(["cmake", "--build", str(root / "cmake"), "-j", "2"], check=True, capture_output=True)
+    build_example(root / "cmake")
     return root
 
 

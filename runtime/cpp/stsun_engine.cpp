@@ -28,6 +28,7 @@ std::unique_ptr<Engine> Engine::open(const std::string& package_path, std::strin
     p.t_out = std::stoll(need("t_out"));
     p.c_out = std::stoll(need("c_out"));
     p.classes_json = need("classes");
+    if (meta.count("device")) p.device = meta.at("device");  // packages built before it was recorded: cpu
     return engine;
   } catch (const std::exception& e) {
     *error = "could not load STSUN package " + package_path + ": " + e.what();
@@ -57,8 +58,8 @@ bool Engine::run(const at::Tensor& x, Result* out, std::string* error) const {
   try {
     torch::NoGradGuard no_grad;
     auto nodata = torch::isnan(x).any(2).any(1);  // (B, H, W): any band of any date missing
-    auto outputs = loader_->run({torch::nan_to_num(x, 0.0).contiguous()});
-    out->logits = outputs.at(0);
+    auto outputs = loader_->run({torch::nan_to_num(x, 0.0).to(c10::Device(p.device)).contiguous()});
+    out->logits = outputs.at(0).cpu();
     auto cls = p.c_out == 1 ? (out->logits.select(2, 0) > 0).to(at::kLong) : out->logits.argmax(2);
     at::Tensor maps = cls;
     if (p.task == "scd") {  // from-to codes between consecutive dates, 0 where the class stays

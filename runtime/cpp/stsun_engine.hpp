@@ -20,9 +20,10 @@ struct Profile {
   std::string name, task;
   int64_t t_in = 0, c_in = 0, tile_size = 0, t_out = 0, c_out = 0;
   std::string classes_json;
+  std::string device = "cpu";  // where the package's code runs ("cpu" or "cuda")
 };
 
-struct Result {
+struct Result {  // on the CPU, whatever the package's device
   at::Tensor logits;  // (B, T_out, C_out, H, W) float32 (NaN inputs read as 0)
   // (B, bands, H, W) as stsun predict writes them (stsun.classmaps.map_layout): per date the class
   // (argmax, or logit > 0 for one channel); for scd then the from-to codes 1 + from * C_out + to
@@ -39,8 +40,8 @@ class Engine {
   ~Engine();
 
   const Profile& profile() const { return profile_; }
-  // false and *error set on failure (bad shape, dtype, infinite values, runtime error). NaN marks
-  // nodata, as stsun predict's masked pixels.
+  // x: a CPU tensor, moved to the package's device. false and *error set on failure (bad shape,
+  // dtype, infinite values, runtime error). NaN marks nodata, as stsun predict's masked pixels.
   bool run(const at::Tensor& x, Result* out, std::string* error) const;
 
  private:

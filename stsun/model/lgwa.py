@@ -65,6 +65,14 @@ class WindowAttention(nn.Module):
         return self.proj(out)
 
 
+def use_fused_kernel(module: nn.Module, on: bool) -> None:
+    """Switch the fused kernel on or off in every WindowAttention of ``module``: benchmarks compare
+    the two, and an AOTInductor package for C++ needs it off (the custom op is Python-only)."""
+    for m in module.modules():
+        if isinstance(m, WindowAttention):
+            m.use_kernel = on
+
+
 class LGWABlock(nn.Module):
     """x += Attn(LN(x)); x += MLP(LN(x)); x += Conv3x3(SiLU(BN(x))) on the token grid.
 
