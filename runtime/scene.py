@@ -17,17 +17,17 @@ import contextlib
 import json
 import tempfile
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from stsun.atomic import atomic_path, atomic_write
 from stsun.classmaps import CHANGE_COLOURS, class_colours, encode_maps, map_layout
-from stsun.display import stretch
-from stsun.errors import SceneError
+from stsun.display import progress_bar, stretch
+from stsun.errors import SceneError, StsunWarning
 
 from .engine import Engine
 from .scene_inputs import DateReader, Grid, io_failure, native_grid, resolve_date
@@ -185,6 +185,9 @@ def open_dates(paths: list[Path], engine: Engine, options: SceneOptions,
         raise SceneError(f"profile '{p.name}' needs {p.t_in} dates (T_in), got {len(paths)} inputs")
     dates = [resolve_date(path, p) for path in paths]
     grid = native_grid(dates[0], p)
+    if grid.crs is None:
+        warnings.warn(f"{dates[0].source} has no CRS: the dates are matched by pixel position only and the map "
+                      f"carries no georeferencing (areas assume the profile's {p.gsd_m:g} m pixels)", StsunWarning)
     for date in dates[1:]:
         own = native_grid(date, p)
         if own == grid:
@@ -254,8 +257,8 @@ def predict_scene(engine: Engine, dates: list[str | Path], out: str | Path, opti
                     work / "probs.tif", "w", **{**meta, "count": p.t_out * p.c_out, "dtype": "uint8" if u8 else "float32",
                                                 "nodata": 255 if u8 else np.nan}))
             # closed on the way out too, so an error message starts on a line of its own
-            bar = stack.enter_context(tqdm(total=len(rows) * len(cols), desc=f"{p.name} tiles", unit="tile",
-                                           disable=not options.progress))
+            bar = stack.enter_context(progress_bar(total=len(rows) * len(cols), desc=f"{p.name} tiles", unit="tile",
+                                                   show=options.progress))
             tally = Tally(p, count)
             acc = np.zeros((p.t_out, p.c_out, tile, width + pad_w), np.float32)
             wsum = np.zeros((tile, width + pad_w), np.float32)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import textwrap
+import warnings
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -12,7 +13,7 @@ from rich.console import Console
 from rich.text import Text
 from typer.core import TyperCommand, TyperGroup
 
-from stsun.errors import StsunError
+from stsun.errors import StsunError, StsunWarning
 from stsun.precision import PRECISIONS
 from stsun.profiles import Profile, builtin_profiles, load_profile
 
@@ -72,8 +73,19 @@ class StsunCommand(_OneLineErrors, TyperCommand):
 app = typer.Typer(help="STSUN deployment runtime.", no_args_is_help=True, add_completion=False, cls=StsunGroup)
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    if issubclass(category, StsunWarning):  # ours: one plain line, like errors
+        errors.print(styled("warning:", "bold yellow", str(message)), soft_wrap=True)
+    else:
+        _python_show_warning(message, category, filename, lineno, file, line)
+
+
+_python_show_warning = warnings.showwarning
+
+
 def main() -> None:
     """The ``stsun`` entry point."""
+    warnings.showwarning = _show_warning
     app()
 
 
@@ -199,8 +211,8 @@ def evaluate(
     tiles: Annotated[int, typer.Option(min=1, help="Without --data: held-out tiles per setting.")] = 8,
     batch: Annotated[int, typer.Option(min=1, help="With --data: tiles per forward pass.")] = 4,
     out: Annotated[Optional[Path], typer.Option(help="Write the results JSON here (and a .md table beside it).")] = None,
-    figure: Annotated[Optional[Path], typer.Option(help="Without --data: write a prediction-vs-label PNG here "
-                                                        "(needs matplotlib).")] = None,
+    figure: Annotated[Optional[Path], typer.Option(help="Write a prediction-vs-label PNG of one tile here (with "
+                                                        "--data, the split's first tile; needs matplotlib).")] = None,
 ) -> None:
     """Score a checkpoint (and with --engine a built artifact) against trivial baselines: on your
     labelled data (--data, --profile) with the paper's metrics, or on held-out synthetic scenes."""
@@ -215,10 +227,10 @@ def evaluate(
         results = run_eval(model, tiles=tiles)
         table = markdown_table(results)
     else:
-        _only_with_data(data, figure=figure)
         if profile is None:
             raise typer.BadParameter("--data needs --profile (the profile the data is for)")
-        results = _evaluate_data(data, load_profile(profile), checkpoint, engine_dir, backend, precision, split, batch)
+        results = _evaluate_data(data, load_profile(profile), checkpoint, engine_dir, backend, precision, split, batch,
+                                 figure)
         from stsun.evaluate import data_markdown
 
         table = data_markdown(results)
@@ -226,12 +238,15 @@ def evaluate(
     if out:
         atomic_write(out, lambda tmp: tmp.write_text(json.dumps(results, indent=2) + "\n"))
         atomic_write(out.with_suffix(".md"), lambda tmp: tmp.write_text(table + "\n"))
-    if figure:
+    if figure and data is None:
         demo_figure(model, figure)
+    if figure:
+        console.print(f"wrote {figure}")
 
 
 def _evaluate_data(data: Path, profile: Profile, checkpoint: Optional[Path], engine_dir: Optional[Path],
-                   backend: str, precision: Optional[str], split: Optional[str], batch: int) -> dict:
+                   backend: str, precision: Optional[str], split: Optional[str], batch: int,
+                   figure: Optional[Path] = None) -> dict:
     """``stsun evaluate --data``: the checkpoint, and a built artifact run by its backend, scored
     on the same tiles of the chosen split."""
     from stsun.checkpoint import DEMO_CHECKPOINT, load_checkpoint
@@ -254,7 +269,7 @@ def _evaluate_data(data: Path, profile: Profile, checkpoint: Optional[Path], eng
             raise EngineError(f"{engine_dir} was built for profile '{engine.profile.name}' "
                               f"({engine.profile.task}, tile {engine.profile.tile_size}), not this '{profile.name}'")
         predictors[f"{backend} {engine.precision}"] = engine
-    report = evaluate_data(predictors, dataset, regions, batch=batch)
+    report = evaluate_data(predictors, dataset, regions, batch=batch, figure=figure)
     report["split"] = split
     return report
 
@@ -355,6 +370,8 @@ def predict_many(
                                                             "product's metadata, else the profile's).")] = None,
     mask_quality: Annotated[bool, typer.Option(help="Mask cloud, shadow, saturated and no-data pixels with the "
                                                     "product's quality band.")] = False,
+    probabilities: Annotated[bool, typer.Option(help="Also write OUTDIR/<id>.probs.tif (float32).")] = False,
+    preview: Annotated[bool, typer.Option(help="Also write OUTDIR/<id>.png, an overview of inputs and maps.")] = False,
 ) -> None:
     """Many scenes on a Dask cluster: every job of MANIFEST as `stsun predict` would run it, skipping
     jobs whose map is already done, retrying failures, with a report. Exit 1 if any job failed."""
@@ -376,7 +393,8 @@ def predict_many(
     report = run(jobs, EngineSpec(str(engine_dir), backend, precision, tuple(url or ()), protocol), outdir,
                  RunOptions(scheduler=scheduler, workers=workers, threads=threads, retries=retries, overlap=overlap,
                             dashboard_address=dashboard_address,
-                            align=align, dn_offset=dn_offset, mask_quality=mask_quality),
+                            align=align, dn_offset=dn_offset, mask_quality=mask_quality,
+                            probabilities=probabilities, preview=preview),
                  log=lambda text: console.print(text, highlight=False, soft_wrap=True))
     counts = report["counts"]
     rate = f", {report['scenes_per_hour']:g} scenes/h" if report["scenes_per_hour"] else ""
@@ -408,7 +426,7 @@ def demo(
                   f"(baseline 05.10, {q(w['safe1'].parent)}), STAC items ({q(stac)}) and a LEVIR-style dataset "
                   f"({q(w['levir'])}, profile {q(w['levir_profile'])}). Next:", soft_wrap=True)
     commands = [
-        *([f"python export/build_engine.py --profile sentinel2-scd"] if not (build / "build_report.json").is_file() else []),
+        *(["python export/build_engine.py --profile sentinel2-scd"] if not (build / "build_report.json").is_file() else []),
         f"stsun predict {q(w['scene'] / 'date1.tif')} {q(w['scene'] / 'date2.tif')} --engine {build} "
         f"-o {q(out / 'scene.tif')} --preview {q(out / 'scene.png')}",
         f"stsun predict {q(w['safe1'])} {q(w['safe2'])} --engine {build} -o {q(out / 'safe.tif')}",

@@ -56,5 +56,10 @@ class ClusterError(StsunError, RuntimeError):
     """The Dask cluster cannot be reached, or its workers cannot load the engine."""
 
 
+class StsunWarning(UserWarning):
+    """Something the user should know that does not stop the work (the command lines print it
+    as one ``warning:`` line)."""
+
+
 __all__ = ["StsunError", "ProfileError", "CheckpointError", "InputError", "DatasetError", "BuildError", "AotError", "EngineError",
-           "SceneError", "ServerError", "ManifestError", "ClusterError"]
+           "SceneError", "ServerError", "ManifestError", "ClusterError", "StsunWarning"]

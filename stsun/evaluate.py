@@ -12,11 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
-from stsun.classmaps import class_colours, predicted_classes
+from stsun.classmaps import CHANGE_COLOURS, class_colours, predicted_classes
 from stsun.datasets import IGNORE, NO_CHANGE, Region, UserDataset, grid_tile_count, grid_tiles
-from stsun.display import stretch
+from stsun.display import progress_bar, stretch
 from stsun.metrics import confusion, majority_confusion, scores, semantic_change_scores
 from stsun.model import STSUN, Metadata
 from stsun.profiles import Profile, load_profile
@@ -96,27 +95,42 @@ def markdown_table(results: dict) -> str:
 
 def demo_figure(model: STSUN, path: Path, profile_name: str = "sentinel2-scd") -> Path:
     """A PNG: RGB composite, label and prediction for each date of one held-out tile."""
+    profile = load_profile(profile_name)
+    x, labels = synthetic_tiles(profile, 1, seed=EVAL_SEED + 1)
+    return prediction_figure(profile, x[0], labels[0], {"demo model": predict(model, profile, x)[0]}, path)
+
+
+def prediction_figure(profile: Profile, x: np.ndarray, target: np.ndarray, predictions: dict[str, np.ndarray],
+                      path: Path) -> Path:
+    """A PNG of one tile: a row per date (its RGB; then, for each output map, the label and every
+    predictor's map). ``x`` (T_in, C, H, W); ``target`` and each prediction (T_out, H, W), the
+    label's IGNORE pixels blank."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.colors import ListedColormap
 
-    profile = load_profile(profile_name)
-    x, labels = synthetic_tiles(profile, 1, seed=EVAL_SEED + 1)
-    pred = predict(model, profile, x)
-    rgb_idx = [profile.band_names.index(b) for b in profile.rgb_bands]
-    cmap = ListedColormap([np.array(c) / 255 for c in class_colours(profile.c_out)[: profile.c_out]])
-    fig, axes = plt.subplots(profile.t_in, 3, figsize=(9, 3 * profile.t_in))
-    for t in range(profile.t_in):
-        rgb = stretch(x[0, t, rgb_idx])
-        for ax, img, title in zip(axes[t], (rgb, labels[0, t], pred[0, t]),
-                                  (f"date {t + 1}: RGB", "label", "demo model")):
-            ax.imshow(img, cmap=None if img is rgb else cmap, vmin=0, vmax=profile.c_out - 1, interpolation="nearest")
-            ax.set_title(title)
+    rgb_idx = [profile.band_names.index(b) for b in profile.rgb_bands] if profile.rgb_bands else []
+    colours = CHANGE_COLOURS if profile.task == "bcd" else class_colours(profile.c_out)
+    cmap = ListedColormap([np.array(c) / 255 for c in colours])
+    rows, cols = max(profile.t_in, profile.t_out), bool(rgb_idx) + 1 + len(predictions)
+    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3 * rows), squeeze=False)
+    for t in range(rows):
+        panels = [(stretch(x[t, rgb_idx]), f"date {t + 1}: RGB", None)] if rgb_idx and t < profile.t_in else \
+            [(None, "", None)] * bool(rgb_idx)
+        if t < profile.t_out:
+            panels.append((np.ma.masked_equal(target[t], IGNORE), f"label {t + 1}", cmap))
+            panels += [(pred[t], f"{name} {t + 1}", cmap) for name, pred in predictions.items()]
+        for ax, (img, title, cm) in zip(axes[t], panels):
+            if img is not None:
+                ax.imshow(img, cmap=cm, vmin=0, vmax=len(colours) - 1, interpolation="nearest")
+            ax.set_title(title, fontsize=9)
+        for ax in axes[t]:
             ax.axis("off")
-    handles = [plt.Rectangle((0, 0), 1, 1, color=cmap(i)) for i in range(profile.c_out)]
-    fig.legend(handles, profile.classes, loc="lower center", ncol=3, frameon=False)
+    names = ("no change", "change") if profile.task == "bcd" else profile.classes
+    handles = [plt.Rectangle((0, 0), 1, 1, color=cmap(i)) for i in range(len(names))]
+    fig.legend(handles, names, loc="lower center", ncol=min(6, len(names)), frameon=False, fontsize=8)
     fig.tight_layout(rect=(0, 0.07, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=80)
@@ -211,25 +225,29 @@ class TaskCounts:
 
 
 def evaluate_data(predictors: dict[str, Predict], dataset: UserDataset, regions: list[Region], batch: int = 4,
-                  progress: bool = True) -> dict:
+                  progress: bool = True, figure: Path | None = None) -> dict:
     """Score every predictor on the regions' grid tiles, with trivial baselines and each
-    predictor's pixel agreement with the first one (on the scored pixels)."""
+    predictor's pixel agreement with the first one (on the scored pixels); ``figure``: a PNG of
+    the first tile's label and predictions (``prediction_figure``)."""
     profile = dataset.profile
     counts = {name: TaskCounts(profile) for name in predictors}
     agree = dict.fromkeys(predictors, 0)
     scored = 0
     tiles = grid_tiles(dataset, regions)
-    bar = tqdm(total=grid_tile_count(dataset, regions), desc="evaluate", unit="tile", disable=not progress)
+    bar = progress_bar(total=grid_tile_count(dataset, regions), desc="evaluate", unit="tile", show=progress)
     while chunk := list(itertools.islice(tiles, batch)):
         x = np.stack([c[0] for c in chunk])
         target = np.stack([c[1] for c in chunk])
         mask = target != IGNORE
         first = None
+        preds = {}
         for name, predict in predictors.items():
-            pred = predicted_classes(predict(x)).astype(np.int64)
+            pred = preds[name] = predicted_classes(predict(x)).astype(np.int64)
             counts[name].add(pred, target)
             first = pred if first is None else first
             agree[name] += int((pred == first)[mask].sum())
+        if figure is not None and not scored:
+            prediction_figure(profile, x[0], target[0], {n: p[0] for n, p in preds.items()}, figure)
         scored += int(mask.sum())
         bar.update(len(chunk))
     bar.close()

@@ -30,6 +30,7 @@ import torch
 from tqdm import tqdm
 
 from stsun.atomic import atomic_write
+from stsun.display import progress_bar
 from stsun.checkpoint import DEMO_CHECKPOINT, load_checkpoint, save_checkpoint
 from stsun.datasets import NO_CHANGE, Region, UserDataset, grid_tile_count, holdout, random_crops, whole
 from stsun.errors import CheckpointError, DatasetError
@@ -305,7 +306,7 @@ class FineTune:
                  f"validation: {self.val_how}")
         if self.step >= self.total:
             self.say(f"already trained {self.step} steps: give more epochs to train further")
-        bar = tqdm(total=self.total, initial=self.step, desc="train", unit="step", disable=not self.progress)
+        bar = progress_bar(total=self.total, initial=self.step, desc="train", unit="step", show=self.progress)
         with StopRequest() as stop:
             try:
                 for _ in self._steps(stop):

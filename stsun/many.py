@@ -16,7 +16,9 @@ and splitting would need halo rows and a stitching pass over every map.
 - Failures: a job that raises is retried on its worker (``retries`` times, waiting a little
   longer each time), then recorded as failed with its error in one line; the other jobs go on. A
   job whose worker dies is rescheduled by Dask, on a local cluster up to ``retries`` times.
-- The report ``OUTDIR/report.json`` is rewritten (atomically) as each job finishes.
+- The report ``OUTDIR/report.json`` is rewritten (atomically) every few seconds while jobs finish;
+  a run with nothing left to do keeps the rates of the run that made the maps (``rates_from``).
+- Extra outputs on request: ``<id>.probs.tif`` and a ``<id>.png`` preview beside each map.
 """
 from __future__ import annotations
 
@@ -38,6 +40,7 @@ from distributed import WorkerPlugin
 from stsun.atomic import atomic_write
 from stsun.checkpoint import file_sha256
 from stsun.classmaps import map_layout
+from stsun.display import progress_bar
 from stsun.errors import ClusterError, EngineError, StsunError
 from stsun.manifest import Job, Manifest
 from stsun.profiles import Profile
@@ -70,6 +73,8 @@ class RunOptions:
     align: bool = False
     dn_offset: float | None = None
     mask_quality: bool = False
+    probabilities: bool = False      # also OUTDIR/<id>.probs.tif
+    preview: bool = False            # also OUTDIR/<id>.png
     progress: bool = True
     dashboard_address: str = "127.0.0.1:8787"  # LocalCluster dashboard (a free port is taken if it is in use)
 
@@ -127,6 +132,11 @@ def output_paths(outdir: Path, job_id: str) -> tuple[Path, Path]:
     return outdir / f"{job_id}.tif", outdir / f"{job_id}.job.json"
 
 
+def extra_outputs(out: Path, options: RunOptions) -> list[Path]:
+    """The files a job writes beside its map when asked: probabilities, preview."""
+    return [out.with_suffix(".probs.tif")] * options.probabilities + [out.with_suffix(".png")] * options.preview
+
+
 def scene_tiles(width: int, height: int, tile: int, overlap: int | None) -> int:
     from stsun.runtime.scene import tile_starts
 
@@ -139,19 +149,23 @@ def run_job(job: Job, outdir: str, fingerprint: str, options: RunOptions) -> dic
     import rasterio
     from distributed import get_worker
 
-    from stsun.runtime.scene import SceneOptions, predict_scene
+    from stsun.runtime.scene import SceneOptions, predict_scene, preview
 
     loader: EngineLoader = get_worker().plugins[PLUGIN]
     out, record = output_paths(Path(outdir), job.id)
     scene = SceneOptions(overlap=options.overlap, align=options.align, dn_offset=options.dn_offset,
-                         mask_quality=options.mask_quality, progress=False)
+                         mask_quality=options.mask_quality, probabilities=options.probabilities, progress=False)
     start, error, attempt = time.perf_counter(), "", 0
     for attempt in range(1, options.retries + 2):
         try:
             if loader.engine is None:
                 raise EngineError(loader.error or "the engine is not loaded on this worker")
+            # what an attempt on a worker that died left (one attempt of a job runs at a time)
+            remove_leftovers(Path(outdir), job.id)
             predict_scene(loader.engine, list(job.dates), out, scene)
             profile = loader.engine.profile
+            if options.preview:
+                preview(list(job.dates), out, out.with_suffix(".png"), profile, dn_offset=options.dn_offset)
             with rasterio.open(out) as src:
                 width, height = src.width, src.height
             stat = out.stat()
@@ -185,11 +199,12 @@ def job_fingerprint(job: Job, build_sha256: str, spec: EngineSpec, options: RunO
     Inputs are identified by their paths, not their contents."""
     payload = {"dates": job.dates, "build": build_sha256, "backend": spec.backend, "precision": spec.precision,
                "overlap": options.overlap, "align": options.align, "dn_offset": options.dn_offset,
-               "mask_quality": options.mask_quality}
+               "mask_quality": options.mask_quality, "probabilities": options.probabilities,
+               "preview": options.preview}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
-def finished_output(outdir: Path, job: Job, fingerprint: str, profile: Profile) -> dict | None:
+def finished_output(outdir: Path, job: Job, fingerprint: str, profile: Profile, options: RunOptions) -> dict | None:
     """The record of the job's valid map, or None when the job must run (see the module doc)."""
     import rasterio
     from rasterio.errors import RasterioError
@@ -199,6 +214,8 @@ def finished_output(outdir: Path, job: Job, fingerprint: str, profile: Profile) 
         done = json.loads(record.read_text())
         stat = out.stat()
     except (OSError, ValueError):
+        return None
+    if not all(p.is_file() for p in extra_outputs(out, options)):
         return None
     if not isinstance(done, dict) or done.get("fingerprint") != fingerprint or \
             (done.get("size"), done.get("mtime_ns")) != (stat.st_size, stat.st_mtime_ns):
@@ -217,7 +234,7 @@ def finished_output(outdir: Path, job: Job, fingerprint: str, profile: Profile) 
 def remove_leftovers(outdir: Path, job_id: str) -> None:
     """Temporary files a killed run left for this job (predict_scene's work directory and
     temporary map, the record's temporary file)."""
-    for pattern in (f".{job_id}.tif.*", f".{job_id}.job.json.*"):
+    for pattern in (f".{job_id}.tif.*", f".{job_id}.job.json.*", f".{job_id}.probs.tif.*", f".{job_id}.png.*"):
         for path in outdir.glob(pattern):
             shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
 
@@ -286,7 +303,6 @@ def predict_many(manifest: Manifest, spec: EngineSpec, outdir: str | Path, optio
     """Run every job of ``manifest`` that has no valid map yet; the report (also written to
     ``OUTDIR/report.json``)."""
     from distributed import as_completed
-    from tqdm import tqdm
 
     from stsun.runtime.backends import backend as find_backend
 
@@ -303,7 +319,7 @@ def predict_many(manifest: Manifest, spec: EngineSpec, outdir: str | Path, optio
         fingerprints = {job.id: job_fingerprint(job, build_sha256, spec, options) for job in manifest.jobs}
         entries: dict[str, dict] = {}
         for job in manifest.jobs:
-            done = finished_output(outdir, job, fingerprints[job.id], build.profile)
+            done = finished_output(outdir, job, fingerprints[job.id], build.profile, options)
             entries[job.id] = job_entry(job, "pending") if done is None else job_entry(
                 job, "skipped", tiles=done.get("tiles"), km2=done.get("km2"), output=str(output_paths(outdir, job.id)[0]))
         todo = [job for job in manifest.jobs if entries[job.id]["status"] == "pending"]
@@ -312,6 +328,8 @@ def predict_many(manifest: Manifest, spec: EngineSpec, outdir: str | Path, optio
         report = {"manifest": str(manifest.source), "engine": spec.build_dir, "profile": build.profile.name,
                   "backend": spec.backend, "precision": spec.precision, "outdir": str(outdir), "retries": options.retries,
                   "started": started, "cluster": None, "startup_seconds": None, "unpaired": manifest.unpaired}
+        if not todo:  # nothing will run: the rates stay those of the run that made the maps
+            keep_rates(outdir, report)
         write_report(outdir, report, entries, None)
         log(f"{len(manifest.jobs)} jobs: {len(manifest.jobs) - len(todo)} already done, {len(todo)} to run")
         ready = end = None
@@ -328,32 +346,58 @@ def predict_many(manifest: Manifest, spec: EngineSpec, outdir: str | Path, optio
                 futures = {client.submit(run_job, job, str(outdir), fingerprints[job.id], options, pure=False,
                                          key=f"predict-{job.id}-{uuid.uuid4().hex[:8]}"): job for job in todo}
                 written = time.perf_counter()
-                with tqdm(total=len(futures), desc="jobs", unit="scene", disable=not options.progress) as bar:
+                with progress_bar(total=len(futures), desc="jobs", unit="scene", show=options.progress) as bar:
                     for future in as_completed(futures):
                         job = futures[future]
                         try:
                             entries[job.id] = future.result()
                         except Exception as err:  # the worker died (KilledWorker) or the job was cancelled
-                            entries[job.id] = job_entry(job, "failed", error=describe(err))
+                            # KilledWorker: each allowed failure was a worker dying on it, then one more
+                            died = type(err).__name__ == "KilledWorker"
+                            entries[job.id] = job_entry(job, "failed", error=describe(err),
+                                                        attempts=allowed_failures(options) + 1 if died else 0)
                         bar.update()
                         if time.perf_counter() - written > REPORT_EVERY_S:  # not after every job: each write is O(jobs)
                             write_report(outdir, report, entries, ready)
                             written = time.perf_counter()
-                end = time.perf_counter()  # before the cluster shuts down
+                        end = time.perf_counter()  # before the cluster shuts down
         return write_report(outdir, report, entries, ready, end)
+
+
+def allowed_failures(options: RunOptions) -> int:
+    """Worker deaths a task survives: ours on a local cluster, the scheduler's setting otherwise
+    (read from this process's Dask configuration)."""
+    import dask
+
+    return options.retries if not options.scheduler else int(dask.config.get("distributed.scheduler.allowed-failures"))
+
+
+def keep_rates(outdir: Path, report: dict) -> None:
+    """Carry the rates of the last run that computed maps into a run that computed none."""
+    try:
+        old = json.loads((outdir / REPORT_NAME).read_text())
+    except (OSError, ValueError):
+        return
+    if isinstance(old, dict) and old.get("scenes_per_hour"):
+        report["rates_from"] = old.get("rates_from", old.get("started"))
+        report.update({k: old.get(k) for k in ("seconds", "scenes_per_hour", "km2_per_hour")})
 
 
 def write_report(outdir: Path, report: dict, entries: dict[str, dict], ready: float | None,
                  end: float | None = None) -> dict:
     """``report`` with the jobs, counts and rates so far, written to ``OUTDIR/report.json``. The
-    rates are over the jobs phase: from ``ready`` (the engines loaded) to ``end`` (default: now)."""
+    rates are over the jobs phase: from ``ready`` (the engines loaded) to ``end`` (default: now);
+    a report whose ``rates_from`` names an earlier run keeps that run's rates."""
     jobs = list(entries.values())
     counts = {s: sum(j["status"] == s for j in jobs) for s in ("done", "skipped", "failed", "pending")}
+    report.update(counts=counts, jobs=jobs)
+    if "rates_from" in report:
+        atomic_write(outdir / REPORT_NAME, lambda tmp: tmp.write_text(json.dumps(report, indent=2) + "\n"))
+        return report
     seconds = (end or time.perf_counter()) - ready if ready else 0.0
     done = [j for j in jobs if j["status"] == "done"]
     rate = 3600 / seconds if done and seconds else None
-    report.update(seconds=round(seconds, 3), counts=counts,
-                  scenes_per_hour=round(len(done) * rate, 2) if rate else None,
-                  km2_per_hour=round(sum(j["km2"] for j in done) * rate, 1) if rate else None, jobs=jobs)
+    report.update(seconds=round(seconds, 3), scenes_per_hour=round(len(done) * rate, 2) if rate else None,
+                  km2_per_hour=round(sum(j["km2"] for j in done) * rate, 1) if rate else None)
     atomic_write(outdir / REPORT_NAME, lambda tmp: tmp.write_text(json.dumps(report, indent=2) + "\n"))
     return report

@@ -18,8 +18,8 @@ from collections.abc import Iterable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
+from stsun.display import progress_bar
 from stsun.errors import CheckpointError
 from stsun.model import STSUN, Metadata, model_config
 from stsun.model.norm import TaskBatchNorm2d
@@ -124,7 +124,7 @@ def train(profiles: list[Profile], size: str = "tiny", steps: int = 1800, batch:
         opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
     history: list[float] = []
     start = time.perf_counter()
-    bar = tqdm(range(steps), desc="train", unit="step")
+    bar = progress_bar(range(steps), desc="train", unit="step")
     for step in bar:
         base = profiles[step % len(profiles)]
         augment = step < (1 - settle_fraction) * steps and rng.random() < augment_prob

@@ -127,6 +127,22 @@ def test_rerun_runs_only_what_is_missing_or_invalid(first_run, build, scenes, sc
         assert_equal_maps(outdir / f"{name}.tif", reference[expected])
     again = run(manifest_of(jobs, tmp_path / "jobs.json"), build, outdir, scheduler)
     assert again["counts"]["skipped"] == 4 and again["cluster"] is None  # nothing to do: no cluster needed
+    # the rates stay those of the run that made the maps
+    assert again["scenes_per_hour"] == report["scenes_per_hour"] and again["rates_from"] == report["started"]
+
+
+def test_probabilities_and_previews_beside_each_map(build, scenes, scheduler, tmp_path):
+    manifest = manifest_of({"s0": scenes["s0"]}, tmp_path / "jobs.json")
+    outdir = tmp_path / "out"
+    report = run(manifest, build, outdir, scheduler, probabilities=True, preview=True)
+    assert report["counts"]["done"] == 1
+    with rasterio.open(outdir / "s0.probs.tif") as src:
+        assert src.count == PROFILE.t_out * PROFILE.c_out and src.tags()["profile"] == PROFILE.name
+    assert (outdir / "s0.png").read_bytes()[:4] == b"\x89PNG"
+    assert run(manifest, build, outdir, scheduler, probabilities=True, preview=True)["counts"]["skipped"] == 1
+    (outdir / "s0.png").unlink()  # a missing extra output makes the job run again
+    assert run(manifest, build, outdir, scheduler, probabilities=True, preview=True)["counts"]["done"] == 1
+    assert (outdir / "s0.png").is_file()
 
 
 def test_a_corrupt_input_fails_with_its_error_and_the_others_succeed(build, scenes, scheduler, reference, tmp_path):

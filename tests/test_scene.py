@@ -235,3 +235,30 @@ def test_error_text_with_square_brackets_is_printed_verbatim(scd_build, tmp_path
     res = CliRunner().invoke(app, ["predict", *map(str, dates), "-o", str(tmp_path / "m.tif"), "--engine",
                                    str(scd_build)])
     assert res.exit_code == 2 and f"error: {err.value}\n" in res.output, res.output
+
+
+def test_a_scene_without_crs_warns_and_the_cli_prints_one_line(scd_build, tmp_path, capsys):
+    import warnings
+
+    from stsun.cli import _show_warning
+    from stsun.errors import StsunWarning
+
+    files = write_scene(load_profile("sentinel2-scd"), tmp_path / "in", size=256, seed=9)
+    bare = []
+    for i, d in enumerate(files["dates"]):
+        with rasterio.open(d) as src:
+            data, prof = src.read(), src.profile
+        prof.update(crs=None, transform=rasterio.Affine(10, 0, 0, 0, -10, 0))
+        bare.append(tmp_path / f"bare{i}.tif")
+        with rasterio.open(bare[-1], "w", **prof) as dst:
+            dst.write(data)
+    engine = load_engine(scd_build, backend="onnxruntime")
+    with pytest.warns(StsunWarning, match="has no CRS: the dates are matched by pixel position only") as seen:
+        out = predict_scene(engine, bare, tmp_path / "pred.tif", SceneOptions(progress=False))
+    assert read(out)[1]["crs"] is None
+    w = seen[0]
+    _show_warning(w.message, w.category, w.filename, w.lineno)
+    assert capsys.readouterr().err.startswith(f"warning: {bare[0]} has no CRS")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a scene with a CRS warns of nothing
+        predict_scene(engine, files["dates"], tmp_path / "pred2.tif", SceneOptions(progress=False))
