@@ -104,12 +104,39 @@ class ArtifactBuild:
         self.onnx: dict[str, Path] = {}     # precision -> ONNX the TensorRT plans are built from
 
     def run(self) -> dict:
+        self.previous = self._previous_artifacts()
         for step in (self.model_step, self.reference_step, self.folded_step, self.onnx_step, self.plugin_step,
                      self.aoti_step, self.tensorrt_step):
             step()
         self.report["passed"] = all(a["fidelity"]["gate"]["passed"] for a in self.report["artifacts"])
         atomic_write(self.out / REPORT_NAME, lambda tmp: tmp.write_text(json.dumps(self.report, indent=2) + "\n"))
         return self.report
+
+    def _previous_artifacts(self) -> dict[str, dict]:
+        """The artifacts of an earlier build in ``out`` (by name), reused when that build had the
+        same checkpoint and options (``--cpp`` aside) and their files are unchanged: adding
+        ``--cpp`` to a build compiles the package, not everything again."""
+        try:
+            old = json.loads((self.out / REPORT_NAME).read_text())
+            same = {k: v for k, v in old["options"].items() if k != "cpp"} == \
+                {k: v for k, v in json.loads(self.options.model_dump_json()).items() if k != "cpp"}
+            if same and old["profile"] == json.loads(self.profile.model_dump_json()):
+                return {a["name"]: {**a, "checkpoint_sha256": old["checkpoint"]["sha256"]} for a in old["artifacts"]}
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        return {}
+
+    def reused(self, name: str) -> bool:
+        """Record ``name`` as the earlier build made it, when it can be (see _previous_artifacts)."""
+        entry = self.previous.get(name)
+        if not entry or entry.pop("checkpoint_sha256") != self.sha or not entry["path"]:
+            return False
+        path = self.out / entry["path"]
+        if not path.is_file() or file_sha256(path) != entry["sha256"]:
+            return False
+        self.report["artifacts"].append({**entry, "reused": True})
+        self.console.print(f"  {name:<14} kept from the earlier build (same checkpoint, options and file)")
+        return True
 
     def record(self, name: str, kind: str, precision: str, path: Path | None, seconds: float, outputs: np.ndarray,
                **extra) -> dict:
@@ -190,6 +217,10 @@ class ArtifactBuild:
     def onnx_step(self) -> None:
         for precision in self._fp32_first(self.options.precisions):
             path = self.out / f"model.{precision}.onnx"
+            if self.reused(f"onnx-{precision}"):
+                self.onnx[precision] = path
+                continue
+            self.console.print(f"  onnx-{precision:<9} exporting ...")
             seconds = self._export(precision, path)
             engine = OnnxRuntimeEngine(path, self.profile, self.options.max_batch, providers=["CPUExecutionProvider"])
             compat = check_compat(path).to_dict()
@@ -219,8 +250,9 @@ class ArtifactBuild:
 
     def aoti_step(self) -> None:
         """AOTInductor package for C++ services (runtime/cpp)."""
-        if not self.options.cpp:
+        if not self.options.cpp or self.reused("aoti-fp32"):
             return
+        self.console.print("  aoti-fp32      compiling the AOTInductor package (about a minute on 2 cores) ...")
         from torch._inductor import aoti_load_package
 
         from stsun.export.aoti_export import export_aoti
@@ -252,6 +284,8 @@ class ArtifactBuild:
                 self.report["tensorrt"].setdefault("skipped", {})[precision] = why
                 continue
             plan = self.out / f"model.{precision}.plan"
+            if self.reused(f"tensorrt-{precision}"):
+                continue
             mb = self.options.max_batch
             info = build_plan(self.onnx[precision], plan, self.profile, precision, mb, self.out / "timing.cache")
             engine = TensorRTEngine(plan, self.profile, mb)

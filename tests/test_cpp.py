@@ -20,10 +20,16 @@ pytestmark = [pytest.mark.own_process,  # loads a compiled AOTInductor package i
 @pytest.fixture(scope="module")
 def cpp_build(tmp_path_factory):
     root = tmp_path_factory.mktemp("cpp")
-    report = build_artifacts(load_profile("sentinel2-scd"), root / "build", precisions=("fp32",), max_batch=4,
-                   fidelity_tiles=2, cpp=True)
+    options = {"precisions": ("fp32",), "max_batch": 4, "fidelity_tiles": 2}
+    first = build_artifacts(load_profile("sentinel2-scd"), root / "build", **options)
+    onnx = root / "build" / "model.fp32.onnx"
+    written = onnx.stat().st_mtime_ns
+    # --cpp on an existing build adds the package and keeps what is there
+    report = build_artifacts(load_profile("sentinel2-scd"), root / "build", cpp=True, **options)
+    kept = next(a for a in report["artifacts"] if a["name"] == "onnx-fp32")
+    assert kept["reused"] and kept["sha256"] == first["artifacts"][1]["sha256"] and onnx.stat().st_mtime_ns == written
     aoti = next(a for a in report["artifacts"] if a["name"] == "aoti-fp32")
-    assert aoti["fidelity"]["gate"]["passed"], aoti["fidelity"]
+    assert aoti["fidelity"]["gate"]["passed"] and "reused" not in aoti, aoti
     build_example(root / "cmake")
     return root
 
