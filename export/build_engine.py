@@ -27,7 +27,12 @@ def build_command(
     max_batch: Annotated[int, typer.Option(min=1, help="Largest batch the engines take.")] = 8,
     out: Annotated[Optional[Path], typer.Option(help="Build directory (default: build/<profile>).")] = None,
     calibrate_bn: Annotated[bool, typer.Option(help="Recalibrate the task's BatchNorm statistics on generated tiles "
-                                                    "of this profile (for a sensor the checkpoint never saw).")] = False,
+                                                    "of this profile, or on --data's calibration tiles (for a sensor "
+                                                    "the checkpoint never saw).")] = False,
+    data: Annotated[Optional[list[Path]], typer.Option(
+        help="Your imagery, for int8 and BatchNorm calibration and the fidelity gates instead of generated tiles: "
+             "a dataset folder (as `stsun train --data`), a predict-many manifest, or a scene's dates (--data once "
+             "per date). Labelled data gates fp16/int8 on the task metric.")] = None,
     cpp: Annotated[bool, typer.Option(help="Also write an AOTInductor package (model.fp32.pt2) for C++ services.")] = False,
     attention: Annotated[str, typer.Option(help="How LGWA attention reaches TensorRT: 'tensorrt' (MatMul/Softmax for "
                                                 "TensorRT to fuse) or 'plugin' (the fused Triton kernel as the "
@@ -41,9 +46,12 @@ def build_command(
     out = out or Path("build") / prof.name
     report = build_artifacts(prof, out, console=console, checkpoint=checkpoint, size=size,
                              precisions=tuple(p.strip() for p in precision.split(",") if p.strip()),
-                             max_batch=max_batch, calibrate_bn=calibrate_bn, cpp=cpp, attention=attention)
+                             max_batch=max_batch, calibrate_bn=calibrate_bn, cpp=cpp, attention=attention,
+                             data=tuple(data or ()))
     if not report["passed"]:
-        console.print("[bold red]fidelity gate failed[/]: see build_report.json")
+        failed = [f"{a['name']}: {a['fidelity']['gate']['reason']}" for a in report["artifacts"]
+                  if not a["fidelity"]["gate"]["passed"]]
+        console.print(f"[bold red]fidelity gate failed[/]: {escape('; '.join(failed))} (see build_report.json)")
         raise typer.Exit(1)
     console.print(f"[green]build passed[/]: {escape(str(out))}/build_report.json")
 

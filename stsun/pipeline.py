@@ -5,6 +5,10 @@ It sits on top of the pipeline: it exports with ``stsun.export`` and validates e
 by running it with the backend that will serve it (``stsun.runtime``), as a user would. The
 steps are small methods of ``ArtifactBuild``, run in order over one validated ``BuildOptions``
 that is written into the report.
+
+With ``data`` (``--data``) the user's own imagery replaces generated tiles everywhere a build
+looks at pixels (``stsun.user_tiles``): int8 calibration, BatchNorm calibration and the held-out
+tiles every artifact is judged on, with the task metric gated where the data is labelled.
 """
 from __future__ import annotations
 
@@ -24,20 +28,22 @@ from rich.markup import escape
 import stsun
 from stsun.atomic import atomic_write
 from stsun.checkpoint import DEMO_CHECKPOINT, file_sha256, load_model, resolve_checkpoint, save_checkpoint
-from stsun.errors import BuildError
-from stsun.export.fidelity import fidelity
-from stsun.export.onnx_export import DERIVED_ONNX, export_fp32, model_metadata
+from stsun.errors import BuildError, CheckpointError
+from stsun.export.fidelity import FidelityTiles, fidelity
+from stsun.export.onnx_export import CALIBRATION_METHODS, DERIVED_ONNX, export_fp32, model_metadata, quantize_int8
 from stsun.export.plugin_artifacts import run_with_reference, write_kernels
 from stsun.export.trt.compat import check_compat
 from stsun.export.trt.plan import build_plan
 from stsun.kernels.contract import PLUGIN_NAME
+from stsun.model import Metadata
 from stsun.precision import ONNX_PRECISIONS
 from stsun.profiles import Profile
 from stsun.runtime import EagerEngine, FoldedEngine, OnnxRuntimeEngine, TensorRTEngine
 from stsun.runtime.backends import BACKENDS
 from stsun.runtime.engine import REPORT_NAME
 from stsun.synthetic import synthetic_tiles
-from stsun.train import calibrate_batchnorm
+from stsun.train import calibrate_batchnorm, calibrate_task_statistics
+from stsun.user_tiles import UserTiles, draw_user_tiles
 
 ATTENTION = ("tensorrt", "plugin")  # how LGWA attention reaches TensorRT (see BuildOptions)
 PLUGIN_CHECK_TILES = 1  # onnx's reference evaluator is pure numpy: seconds per tile
@@ -59,6 +65,11 @@ class BuildOptions(BaseModel):
     fidelity_tiles: int = Field(4, ge=1)     # held-out 256 px two-date tiles' worth of pixels
     calibration_tiles: int = Field(16, ge=1)  # int8 calibration
     calibrate_bn: bool = False              # recalibrate the task's BatchNorm statistics on this profile
+    data: tuple[Path, ...] = ()             # the user's imagery (see stsun.user_tiles); () = generated tiles
+    data_seed: int = 0                      # which of the user's tiles are drawn
+    # int8 activation-range calibrators tried on the held-out tiles, the best kept; default all
+    # of them with data, MinMax on generated tiles
+    calibration_methods: tuple[str, ...] | None = None
     cpp: bool = False                       # also an AOTInductor package for C++ services
     attention: str = "tensorrt"
 
@@ -69,6 +80,17 @@ class BuildOptions(BaseModel):
         if unknown or not value:
             raise ValueError(f"unknown precision {unknown}; choose from {', '.join(ONNX_PRECISIONS)}")
         return value
+
+    @field_validator("calibration_methods")
+    @classmethod
+    def _known_methods(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if value is not None and (not value or set(value) - set(CALIBRATION_METHODS)):
+            raise ValueError(f"unknown calibration method in {list(value)}; choose from {', '.join(CALIBRATION_METHODS)}")
+        return value
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        return self.calibration_methods or (CALIBRATION_METHODS if self.data else ("MinMax",))
 
     @field_validator("attention")
     @classmethod
@@ -102,10 +124,12 @@ class ArtifactBuild:
         self.profile, self.out, self.options, self.console = profile, out, options, console
         self.report: dict = {}
         self.onnx: dict[str, Path] = {}     # precision -> ONNX the TensorRT plans are built from
+        self.user: UserTiles | None = None
 
     def run(self) -> dict:
         self.previous = self._previous_artifacts()
-        for step in (self.model_step, self.reference_step, self.folded_step, self.onnx_step, self.plugin_step,
+        for step in (self.data_step, self.model_step, self.reference_step, self.folded_step, self.onnx_step,
+                     self.plugin_step,
                      self.aoti_step, self.tensorrt_step):
             step()
         self.report["passed"] = all(a["fidelity"]["gate"]["passed"] for a in self.report["artifacts"])
@@ -113,27 +137,32 @@ class ArtifactBuild:
         return self.report
 
     def _previous_artifacts(self) -> dict[str, dict]:
-        """The artifacts of an earlier build in ``out`` (by name), reused when that build had the
-        same checkpoint and options (``--cpp`` aside) and their files are unchanged: adding
-        ``--cpp`` to a build compiles the package, not everything again."""
+        """The earlier build in ``out``, when it had the same options (``--cpp`` aside) and profile:
+        its artifacts by name, each reused when the checkpoint and the tiles (``--data``) are
+        also the same and its file is unchanged: adding ``--cpp`` to a build compiles the
+        package, not everything again."""
         try:
             old = json.loads((self.out / REPORT_NAME).read_text())
             same = {k: v for k, v in old["options"].items() if k != "cpp"} == \
                 {k: v for k, v in json.loads(self.options.model_dump_json()).items() if k != "cpp"}
             if same and old["profile"] == json.loads(self.profile.model_dump_json()):
-                return {a["name"]: {**a, "checkpoint_sha256": old["checkpoint"]["sha256"]} for a in old["artifacts"]}
+                return old
         except (OSError, ValueError, KeyError, TypeError):
             pass
         return {}
 
     def reused(self, name: str) -> bool:
         """Record ``name`` as the earlier build made it, when it can be (see _previous_artifacts)."""
-        entry = self.previous.get(name)
-        if not entry or entry.pop("checkpoint_sha256") != self.sha or not entry["path"]:
+        old = self.previous
+        entry = next((a for a in old.get("artifacts", []) if a["name"] == name), None)
+        if not entry or not entry["path"] or old["checkpoint"]["sha256"] != self.sha or \
+                old.get("data") != self.report.get("data"):
             return False
         path = self.out / entry["path"]
         if not path.is_file() or file_sha256(path) != entry["sha256"]:
             return False
+        if name == "onnx-int8" and "int8_calibration" in old:  # how it was calibrated, as then
+            self.report["int8_calibration"] = old["int8_calibration"]
         self.report["artifacts"].append({**entry, "reused": True})
         self.console.print(f"  {name:<14} kept from the earlier build (same checkpoint, options and file)")
         return True
@@ -144,13 +173,34 @@ class ArtifactBuild:
         entry = {"name": name, "format": kind, "precision": precision,
                  "path": path.name if path else None, "bytes": path.stat().st_size if path else None,
                  "sha256": file_sha256(path) if path else None,  # verified whenever a backend loads it
-                 "build_seconds": round(seconds, 2), "fidelity": fidelity(outputs, self.ref[:len(outputs)], precision),
-                 **extra}
+                 "build_seconds": round(seconds, 2),
+                 "fidelity": fidelity(outputs, self.ref[:len(outputs)], precision, self.tiles), **extra}
         self.report["artifacts"].append(entry)
         f = entry["fidelity"]
         mark = "[green]ok[/]" if f["gate"]["passed"] else "[red]FAILED[/]"
-        self.console.print(f"  {name:<14} agreement {f['argmax_agreement']:.6f}  max|err| {f['max_abs_err']:.2e}  {mark}")
+        metric = f"  {f['metric']['name']} {f['metric']['artifact']:.4f} ({f['metric']['delta_points']:+.2f} pt)" \
+            if "metric" in f else ""
+        self.console.print(f"  {name:<14} agreement {f['argmax_agreement']:.6f}  worst class "
+                           f"{f['worst_class_agreement']:.4f}  max|err| {f['max_abs_err']:.2e}{metric}  {mark}")
+        if not f["gate"]["passed"]:
+            self.console.print(f"    {escape(f['gate']['reason'])}")
         return entry
+
+    def _heldout_count(self) -> int:
+        p = self.profile
+        # The same pixel budget as `fidelity_tiles` two-date 256 px tiles, at least one tile.
+        return max(1, self.options.fidelity_tiles * 2 * 256 ** 2 // (p.t_in * p.tile_size ** 2))
+
+    def data_step(self) -> None:
+        """The user's calibration and held-out tiles, when the build has ``data``."""
+        o = self.options
+        if not o.data:
+            return
+        self.user = draw_user_tiles(o.data, self.profile, o.calibration_tiles, self._heldout_count(), o.data_seed)
+        r = self.user.record
+        self.console.print(f"data: {escape(r['data'])} ({escape(r['kind'])}): {r['calibration']['tiles']} "
+                           f"calibration and {r['heldout']['tiles']} held-out tiles from {r['images']} images"
+                           f"{', labelled' if r['labelled'] else ''}")
 
     def model_step(self) -> None:
         """Load the checkpoint (recalibrated if asked) and keep the exact weights in the build."""
@@ -164,7 +214,14 @@ class ArtifactBuild:
         if resolved is None:
             self.console.print(f"[yellow]warning:[/] no checkpoint given and no demo checkpoint for size "
                                f"'{self.model.config.size}': building from randomly initialised weights")
-        if o.calibrate_bn:  # a sensor the checkpoint was not calibrated for: its task's statistics from this profile
+        if o.calibrate_bn and self.user:  # the task's statistics from the user's calibration tiles
+            if self.model.config.variant == "research":
+                raise CheckpointError("a research-variant model has no per-task BatchNorm statistics to calibrate")
+            x, meta = self.user.calibration.x, Metadata.from_profile(profile)
+            calibrate_task_statistics(self.model, profile.task, ((x[i:i + 4], meta) for i in range(0, len(x), 4)))
+            self.model.eval()
+            source += f", BatchNorm statistics recalibrated on {len(x)} calibration tiles of {self.user.source}"
+        elif o.calibrate_bn:  # a sensor the checkpoint was not calibrated for: its task's statistics from this profile
             calibrate_batchnorm(self.model, [profile])
             self.model.eval()
             source += f", BatchNorm statistics recalibrated on generated {profile.name} tiles"
@@ -176,7 +233,10 @@ class ArtifactBuild:
             "options": json.loads(o.model_dump_json()),
             "stsun_version": stsun.__version__, "torch_version": torch.__version__,
             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "host": platform.machine(), "max_batch": o.max_batch, "attention": o.attention, "artifacts": [],
+            "host": platform.machine(), "max_batch": o.max_batch, "attention": o.attention,
+            "data": self.user.record if self.user else {"data": "generated", "calibration": {"tiles": o.calibration_tiles,
+                                                                                              "seed": CALIBRATION_SEED}},
+            "artifacts": [],
         }
         self.meta = model_metadata(profile, {"checkpoint_sha256": self.sha, "stsun_version": stsun.__version__,
                                              "model_size": self.model.config.size, "max_batch": o.max_batch})
@@ -186,9 +246,12 @@ class ArtifactBuild:
     def reference_step(self) -> None:
         """Held-out tiles and the eager model's logits for them, which every artifact must match."""
         p = self.profile
-        # The same pixel budget as `fidelity_tiles` two-date 256 px tiles, at least one tile.
-        n_tiles = max(1, self.options.fidelity_tiles * 2 * 256 ** 2 // (p.t_in * p.tile_size ** 2))
-        self.x, _ = synthetic_tiles(p, n_tiles, seed=FIDELITY_SEED)
+        if self.user:
+            self.x = self.user.heldout.x
+            self.tiles = FidelityTiles(p, self.user.source, self.user.heldout.target)
+        else:
+            self.x, _ = synthetic_tiles(p, self._heldout_count(), seed=FIDELITY_SEED)
+            self.tiles = FidelityTiles(p)
         self.ref = EagerEngine(self.model, p, self.options.max_batch)(self.x)
 
     def folded_step(self) -> None:
@@ -197,6 +260,8 @@ class ArtifactBuild:
         self.record("folded", "torch", "fp32", None, time.perf_counter() - t, self.folded(self.x))
 
     def _calibration(self) -> np.ndarray:
+        if self.user:
+            return self.user.calibration.x
         return synthetic_tiles(self.profile, self.options.calibration_tiles, seed=CALIBRATION_SEED)[0]
 
     def _export(self, precision: str, path: Path, plugin: bool = False) -> float:
@@ -205,10 +270,40 @@ class ArtifactBuild:
         t = time.perf_counter()
         if precision == "fp32":
             export_fp32(self.folded.module, self.profile, path, self.meta, attention_plugin=plugin)
+        elif precision == "int8":
+            self._int8(path)
         else:
             DERIVED_ONNX[precision](self.onnx["fp32"], path, self._calibration)
         self.onnx[precision] = path
         return time.perf_counter() - t
+
+    def _int8(self, path: Path) -> None:
+        """Quantise with each calibration method, judge each on the held-out tiles and keep the
+        best: on labelled data the highest task metric, then the mean of overall and worst-class
+        argmax agreement (the worst class decides as much as the mean)."""
+        methods, tiles = self.options.methods, self._calibration()
+        tried: dict[str, dict] = {}
+        candidates: dict[str, Path] = {}
+        for method in methods:
+            if len(methods) == 1:
+                quantize_int8(self.onnx["fp32"], path, lambda: tiles, method=method)
+                break
+            candidates[method] = quantize_int8(self.onnx["fp32"], path.with_name(f"{path.stem}.{method}.onnx"),
+                                               lambda: tiles, method=method)
+            engine = OnnxRuntimeEngine(candidates[method], self.profile, self.options.max_batch,
+                                       providers=["CPUExecutionProvider"])
+            f = fidelity(engine(self.x), self.ref, "int8", self.tiles)
+            tried[method] = {"argmax_agreement": f["argmax_agreement"], "worst_class_agreement": f["worst_class_agreement"],
+                             "score": (f["argmax_agreement"] + f["worst_class_agreement"]) / 2,
+                             **({"metric": f["metric"]["artifact"]} if "metric" in f else {})}
+        best = max(tried, key=lambda m: (tried[m].get("metric", 0.0), tried[m]["score"])) if tried else methods[0]
+        for method, candidate in candidates.items():
+            if method == best:
+                candidate.replace(path)
+            else:
+                candidate.unlink()
+        self.report["int8_calibration"] = {"method": best, "tiles": len(tiles), "data": self.tiles.data,
+                                           "candidates": tried}
 
     @staticmethod
     def _fp32_first(precisions: tuple[str, ...]) -> list[str]:
@@ -275,6 +370,8 @@ class ArtifactBuild:
         if reason:
             self.console.print(f"  [yellow]TensorRT engine skipped:[/] {escape(reason)}")
             return
+        if "int8" in self.options.precisions:
+            self._tensorrt_calibration_cache()
         suffix = "-plugin" if self.options.attention == "plugin" else ""
         for precision in self.options.precisions:
             compat = next(a["tensorrt_compat"] for a in self.report["artifacts"]
@@ -291,6 +388,18 @@ class ArtifactBuild:
             engine = TensorRTEngine(plan, self.profile, mb)
             self.record(f"tensorrt-{precision}", "tensorrt", precision, plan, info.pop("build_seconds"),
                         engine(self.x), engine_info=info)
+
+    def _tensorrt_calibration_cache(self) -> None:
+        """TensorRT's own int8 scales for the fp32 graph, calibrated on the same tiles as the
+        int8 ONNX (``stsun.export.trt.calibration``; TensorRT 10 only)."""
+        from stsun.export.trt.calibration import calibrator_unavailable, write_calibration_cache
+
+        if reason := calibrator_unavailable():
+            self.report["tensorrt"]["int8_calibration_cache"] = {"written": False, "reason": reason}
+            return
+        info = write_calibration_cache(self.onnx["fp32"], self.out / "model.int8.calibration.cache",
+                                       self._calibration(), self.profile, self.options.max_batch)
+        self.report["tensorrt"]["int8_calibration_cache"] = {"written": True, "data": self.tiles.data, **info}
 
 
 def build_artifacts(profile: Profile, out: Path, console: Console | None = None, **options) -> dict:

@@ -26,7 +26,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("export", ("stsun.export",)),
     ("runtime", ("stsun.runtime",)),
     ("top", ("stsun.pipeline", "stsun.cli", "stsun.export.build_engine", "stsun.manifest", "stsun.many",
-             "benchmarks")),
+             "stsun.user_tiles", "benchmarks")),
 ]
 RANK = {name: i for i, (name, _) in enumerate(LAYERS)}
 

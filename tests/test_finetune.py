@@ -189,3 +189,39 @@ def test_commands_report_bad_data_in_one_line(tmp_path):
     assert res.exit_code == 2 and "the checkpoint records no validation part of" in res.output
     res = runner.invoke(app, ["train", "--profile", "sentinel2-bcd"], terminal_width=400)
     assert res.exit_code == 2 and "--profile can only be used with --data" in res.output
+
+
+def test_a_build_on_the_users_data_gates_every_artifact_on_their_held_out_tiles(bcd, monkeypatch):
+    """--data: int8 calibrated on the user's tiles with the calibrator chosen by measurement, every
+    artifact judged on held-out user tiles (per class, and on change F1), and a calibration on
+    tiles that never went through the profile's scaling (raw 8-bit numbers) fails the int8 gate."""
+    from stsun.pipeline import ArtifactBuild, build_artifacts
+
+    profile = load_profile(bcd["profile"])
+    build = bcd["tmp"] / "build-data"
+    report = build_artifacts(profile, build, checkpoint=bcd["out"], precisions=("fp32", "fp16", "int8"),
+                             fidelity_tiles=2, calibration_tiles=4, data=(bcd["data"],))
+    data = report["data"]
+    assert data["data"] == str(bcd["data"]) and data["labelled"] and data["images"] == 10
+    assert data["calibration"]["tiles"] == 4 and data["heldout"]["tiles"] == 2 and len(data["tiles_sha256"]) == 64
+    assert not set(data["calibration"]["images"]) & set(data["heldout"]["images"])  # disjoint
+    assert report["int8_calibration"]["data"] == str(bcd["data"])
+    assert set(report["int8_calibration"]["candidates"]) == {"MinMax", "Entropy", "Percentile"}
+    for a in report["artifacts"]:
+        f = a["fidelity"]
+        assert f["data"] == str(bcd["data"]) and f["tiles"] == 2
+        assert set(f["per_class_agreement"]) == {"no change", "change"}
+        assert f["worst_class_agreement"] == min(f["per_class_agreement"].values())
+    int8 = next(a for a in report["artifacts"] if a["name"] == "onnx-int8")["fidelity"]
+    assert int8["metric"]["name"] == "change F1" and int8["gate"]["max_metric_drop_points"] == 1.0
+    assert int8["gate"]["passed"] == (int8["metric"]["delta_points"] >= -1.0)
+    assert int8["metric"]["fp32"] > 0.5 and report["passed"], int8
+
+    monkeypatch.setattr(ArtifactBuild, "_calibration", lambda self: self.user.calibration.x * 255)
+    res = CliRunner().invoke(app, ["build", "--profile", str(bcd["profile"]), "--checkpoint", str(bcd["out"]),
+                                   "--precision", "int8", "--data", str(bcd["data"]),
+                                   "--out", str(bcd["tmp"] / "build-broken")], terminal_width=400)
+    assert res.exit_code == 1, res.output
+    assert "fidelity gate failed: onnx-int8: change F1" in res.output and "points below the fp32 model's" in res.output
+    broken = json.loads((bcd["tmp"] / "build-broken" / "build_report.json").read_text())
+    assert broken["artifacts"][-1]["fidelity"]["metric"]["delta_points"] < -1.0
