@@ -1,9 +1,11 @@
 """`stsun serve` as tests drive it: a subprocess on loopback ports, and the requests clients send."""
+import contextlib
 import json
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -12,6 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from ports import free_ports, port_open
+from stsun import load_profile
+from stsun.pipeline import build_artifacts
+from stsun.runtime.serving.repository import write_triton_repo
 from stsun.runtime.serving.server import child_pids, python_stubs
 
 MODEL = "sentinel2-scd"
@@ -100,3 +105,38 @@ def logits_of(status_and_data, batch):
     status, data = status_and_data
     assert status == 200, data
     return np.frombuffer(data[-batch * 2 * 6 * 256 * 256 * 4:], np.float32).reshape(batch, 2, 6, 256, 256)
+
+
+def build_repo(root: Path) -> Path:
+    """The default profile's fp32 build (max batch 8) and its model repository under ``root``."""
+    build_artifacts(load_profile(MODEL), root / "build", precisions=("fp32",), max_batch=8, fidelity_tiles=1)
+    write_triton_repo(root / "build", root / "repo")
+    return root
+
+
+def rss_kb(pid):
+    return int(Path(f"/proc/{pid}/status").read_text().split("VmRSS:")[1].split()[0])
+
+
+@contextlib.contextmanager
+def peak_growth(*pids):
+    """Yields a dict that holds, once the block ends, how many kB each process's resident memory
+    rose above its start at its peak (sampled every 10 ms)."""
+    base = {p: rss_kb(p) for p in pids}
+    peak, stop = dict(base), threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            for p in pids:
+                peak[p] = max(peak[p], rss_kb(p))
+            time.sleep(0.01)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    grown = {}
+    try:
+        yield grown
+    finally:
+        stop.set()
+        watcher.join()
+        grown.update({p: peak[p] - base[p] for p in pids})

@@ -16,12 +16,9 @@ import numpy as np
 import pytest
 
 from ports import free_ports, port_open
-from serving import MODEL, Serve, http, infer_body, logits_of, wait_idle
-from stsun import load_profile
-from stsun.pipeline import build_artifacts
+from serving import MODEL, Serve, build_repo, http, infer_body, logits_of, wait_idle
 from stsun.errors import InputError
 from stsun.runtime import load_engine
-from stsun.runtime.serving.repository import write_triton_repo
 from stsun.runtime.serving.server import (SHM_DIR, SHM_PREFIX, remove_stale_shm,
                                          tritonserver_available)
 from stsun.synthetic import synthetic_tiles
@@ -33,10 +30,7 @@ pytestmark = [pytest.mark.own_process,  # starts servers on loopback ports
 
 @pytest.fixture(scope="module")
 def build(tmp_path_factory):
-    root = tmp_path_factory.mktemp("serving")
-    build_artifacts(load_profile(MODEL), root / "build", precisions=("fp32",), max_batch=8, fidelity_tiles=1)
-    write_triton_repo(root / "build", root / "repo")
-    return root
+    return build_repo(tmp_path_factory.mktemp("serving"))
 
 
 @pytest.fixture(scope="module")

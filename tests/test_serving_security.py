@@ -15,11 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from serving import MODEL, Serve, http, infer_body, logits_of
-from stsun import load_profile
-from stsun.pipeline import build_artifacts
+from serving import MODEL, Serve, build_repo, http, infer_body, logits_of, peak_growth
 from stsun.runtime import load_engine
-from stsun.runtime.serving.repository import write_triton_repo
 from stsun.runtime.serving.server import python_stubs, tritonserver_available
 from stsun.synthetic import synthetic_tiles
 
@@ -31,10 +28,7 @@ INFER = f"/v2/models/{MODEL}/infer"
 
 @pytest.fixture(scope="module")
 def build(tmp_path_factory):
-    root = tmp_path_factory.mktemp("security")
-    build_artifacts(load_profile(MODEL), root / "build", precisions=("fp32",), max_batch=8, fidelity_tiles=1)
-    write_triton_repo(root / "build", root / "repo")
-    return root
+    return build_repo(tmp_path_factory.mktemp("security"))
 
 
 @pytest.fixture(scope="module")
@@ -169,15 +163,6 @@ def test_grpc_messages_and_calls_are_bounded(served, local):
 
     pid = served.tritonserver
     raw = bytes(400 * 2**20)
-    base = {p: rss_kb(p) for p in (served.proc.pid, pid)}
-    peak, stop = dict(base), threading.Event()
-
-    def watch():
-        while not stop.is_set():
-            for p in peak:
-                peak[p] = max(peak[p], rss_kb(p))
-            time.sleep(0.01)
-
     errors = []
 
     def send():
@@ -189,16 +174,10 @@ def test_grpc_messages_and_calls_are_bounded(served, local):
         except InferenceServerException as err:
             errors.append(err)
 
-    threads = [threading.Thread(target=watch)] + [threading.Thread(target=send) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads[1:]:
-        t.join(180)
-    stop.set()
-    threads[0].join()
+    with peak_growth(served.proc.pid, pid) as grown:
+        run_threads(send, 4)
     assert len(errors) == 4 and all(e.status() == "StatusCode.RESOURCE_EXHAUSTED" for e in errors), errors
-    grown = {p: (peak[p] - base[p]) / 1e6 for p in base}
-    assert grown[pid] < 0.1 and grown[served.proc.pid] < 0.6, f"grew by {grown} GB (stsun serve, tritonserver)"
+    assert grown[pid] < 100_000 and grown[served.proc.pid] < 600_000, f"grew by {grown} kB (stsun serve, tritonserver)"
     client = grpcclient.InferenceServerClient(f"127.0.0.1:{served.grpc}")
     x, _ = synthetic_tiles(local.profile, 1, seed=13)
     inp = grpcclient.InferInput("x", list(x.shape), "FP32")
@@ -222,13 +201,6 @@ def test_many_large_uploads_wait_for_room(served, local):
     pid = served.tritonserver
     size = 300 * 2**20
     chunk = bytes(2**20)
-    base, peak, stop = rss_kb(served.proc.pid), [0], threading.Event()
-
-    def watch():
-        while not stop.is_set():
-            peak[0] = max(peak[0], rss_kb(served.proc.pid))
-            time.sleep(0.01)
-
     answers = []
 
     def upload():
@@ -243,17 +215,12 @@ def test_many_large_uploads_wait_for_room(served, local):
                 pass
             answers.append(s.recv(4096).split(b"\r\n", 1)[0])
 
-    threads = [threading.Thread(target=watch)] + [threading.Thread(target=upload) for _ in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads[1:]:
-        t.join(180)
-    stop.set()
-    threads[0].join()
+    with peak_growth(served.proc.pid) as grown:
+        run_threads(upload, 6)
     # two are read and cut off; the others waited for room as long (503) or got it as they left
     assert len(answers) == 6 and answers.count(b"HTTP/1.1 408 Request Timeout") >= 2, answers
     assert set(answers) <= {b"HTTP/1.1 408 Request Timeout", b"HTTP/1.1 503 Service Unavailable"}, answers
-    assert (peak[0] - base) < 1_000_000, f"the guard grew by {(peak[0] - base) / 1e6:.2f} GB (6 x 0.3 GB sent)"
+    assert grown[served.proc.pid] < 1_000_000, f"the guard grew by {grown[served.proc.pid] / 1e6:.2f} GB (6 x 0.3 GB sent)"
     assert_serves_correctly(served, local, pid, seed=14)
 
 
@@ -309,44 +276,36 @@ def test_malformed_requests_are_4xx_never_500(served, local):
     assert_serves_correctly(served, local, pid, seed=5)
 
 
-def rss_kb(pid):
-    return int(Path(f"/proc/{pid}/status").read_text().split("VmRSS:")[1].split()[0])
-
-
 def test_compressed_bombs_and_bodies_to_unknown_models_stay_bounded(served, local):
     """Four 2 MB gzip bodies that inflate to 2 GB each, at once: each a 413, and the guard's memory
     grows by at most two inflations up to the limit (about 0.34 GB each) instead of 3.4 GB."""
     pid = served.tritonserver
     bomb = gzip.compress(b" " * (2 * 10**9), compresslevel=9)
     assert len(bomb) < 3 * 10**6
-    base, peak, stop = rss_kb(served.proc.pid), [0], threading.Event()
-
-    def watch():
-        while not stop.is_set():
-            peak[0] = max(peak[0], rss_kb(served.proc.pid))
-            time.sleep(0.01)
-
     results = []
 
     def send():
         results.append(http(served.http, INFER, bomb, {"Content-Type": "application/json", "Content-Encoding": "gzip"},
                             timeout=120))
 
-    threads = [threading.Thread(target=watch)] + [threading.Thread(target=send) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads[1:]:
-        t.join(180)
-    stop.set()
-    threads[0].join()
+    with peak_growth(served.proc.pid) as grown:
+        run_threads(send, 4)
     assert [s for s, _ in results] == [413] * 4, results
     assert all("inflates to more than the limit" in d["error"] for _, d in results)
-    assert (peak[0] - base) < 1_200_000, f"the guard grew by {(peak[0] - base) / 1e6:.2f} GB"
+    assert grown[served.proc.pid] < 1_200_000, f"the guard grew by {grown[served.proc.pid] / 1e6:.2f} GB"
     # a 320 MB body to an unknown model is refused from its headers, before any of it is sent
     with socket.create_connection(("127.0.0.1", served.http), timeout=10) as s:
         s.sendall(f"POST /v2/models/nope/infer HTTP/1.1\r\nHost: x\r\nContent-Length: {320 * 2**20}\r\n\r\n".encode())
         assert s.recv(4096).startswith(b"HTTP/1.1 404")
     assert_serves_correctly(served, local, pid, seed=6)
+
+
+def run_threads(target, n, timeout=180):
+    threads = [threading.Thread(target=target) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout)
 
 
 def wait_for(condition, timeout, step=0.2):

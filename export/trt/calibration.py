@@ -22,7 +22,7 @@ from stsun.errors import BuildError
 from stsun.graph_io import INPUT_NAME
 from stsun.profiles import Profile
 
-from .plan import WORKSPACE_BYTES
+from .plan import parse_onnx
 
 
 def calibrator_unavailable() -> str | None:
@@ -67,14 +67,8 @@ def write_calibration_cache(onnx_fp32: Path, cache: Path, tiles: np.ndarray, pro
             atomic_write(cache, lambda tmp: tmp.write_bytes(bytes(data)))
 
     logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    network = builder.create_network(0)  # weakly typed: implicit quantization chooses the int8 layers
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_fp32)):
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise BuildError(f"TensorRT could not parse {onnx_fp32}: {errors}")
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, WORKSPACE_BYTES)
+    # weakly typed (flags 0): implicit quantization chooses the int8 layers
+    builder, network, parser, config = parse_onnx(trt, logger, onnx_fp32, 0)
     config.set_flag(trt.BuilderFlag.INT8)
     shape = (batch, *profile.input_shape)
     opt = builder.create_optimization_profile()

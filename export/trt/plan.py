@@ -22,6 +22,20 @@ from .env import gpu_identity
 WORKSPACE_BYTES = 4 << 30
 
 
+def parse_onnx(trt, logger, onnx_path: Path, network_flags: int) -> tuple:
+    """(builder, network, parser, config) for ``onnx_path``, the config with our workspace limit;
+    the parser is returned because the network refers to its weights."""
+    builder = trt.Builder(logger)
+    network = builder.create_network(network_flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise BuildError(f"TensorRT could not parse {onnx_path}: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, WORKSPACE_BYTES)
+    return builder, network, parser, config
+
+
 def build_plan(onnx_path: Path, plan_path: Path, profile: Profile, precision: str, max_batch: int,
                timing_cache: Path) -> dict:
     """Build and serialise a plan; returns what the build report records."""
@@ -33,17 +47,11 @@ def build_plan(onnx_path: Path, plan_path: Path, profile: Profile, precision: st
         from .plugin import register_window_attention_plugin
 
         register_window_attention_plugin(onnx_path)
-    builder = trt.Builder(logger)
     # Strongly typed: each tensor keeps the type the ONNX gives it (the fp16 export keeps
     # normalisations and softmax in fp32, the int8 export carries Q/DQ). TensorRT 11 has no
     # other mode and no FP16/INT8 builder flags; 10.x accepts the flag.
-    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise BuildError(f"TensorRT could not parse {onnx_path}: {errors}")
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, WORKSPACE_BYTES)
+    builder, network, parser, config = parse_onnx(
+        trt, logger, onnx_path, 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
     if precision == "fp32":
         config.clear_flag(trt.BuilderFlag.TF32)  # an fp32 engine is held to the fp32 fidelity gate
     shape = profile.input_shape
