@@ -80,6 +80,14 @@ class Serve:
             self.proc.send_signal(signal.SIGTERM)
             self.proc.wait(60)
 
+    def __enter__(self):
+        return self.wait_ready()
+
+    def __exit__(self, kind, *_):
+        self.stop()
+        if kind is None:  # a clean block ends in a clean exit (a failure inside is not masked)
+            assert self.proc.returncode == 0, self.output()
+
 
 
 def wait_idle(server, model=MODEL, timeout=120):

@@ -33,10 +33,8 @@ def build(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def served(build):
-    server = Serve(build / "repo", build, None, "--request-timeout", "8").wait_ready()
-    yield server
-    server.stop()
-    assert server.proc.returncode == 0, server.output()
+    with Serve(build / "repo", build, None, "--request-timeout", "8") as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

@@ -15,17 +15,14 @@ cancellation or deadline cancels the forwarded call.
 """
 from __future__ import annotations
 
-import math
 
 import grpc
-import numpy as np
 from google.protobuf.message import DecodeError
 from tritonclient.grpc import service_pb2 as pb
-from tritonclient.utils import triton_to_np_dtype
 
 from stsun.errors import ServerError
 
-from .requests import INT64_MAX, ModelLimits, Refused, request_id
+from .requests import INT64_MAX, ModelLimits, Refused, request_id, tensor_bytes
 from .server import ADMIN_HEADER
 
 SERVICE = "/inference.GRPCInferenceService/"
@@ -57,7 +54,7 @@ def check_infer(request: pb.ModelInferRequest, limits: ModelLimits) -> None:
                                                                 "shape": list(inp.shape)}):
             raise Refused(problem)
         if request.raw_input_contents:
-            size = math.prod(inp.shape) * np.dtype(triton_to_np_dtype(inp.datatype)).itemsize
+            size = tensor_bytes(inp.datatype, inp.shape)
             if len(request.raw_input_contents[i]) != size:
                 raise Refused(f"input '{inp.name}' has {len(request.raw_input_contents[i])} bytes of raw contents; "
                               f"{inp.datatype} of shape {list(inp.shape)} is {size} bytes")

@@ -32,6 +32,11 @@ SERVED_TYPES = ("BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", 
 INT64_MAX = 2**63 - 1  # Triton parses integer parameters into 64 bits
 
 
+def tensor_bytes(datatype: str, shape) -> int:
+    """Bytes of a tensor of a fixed-size protocol datatype."""
+    return math.prod(shape) * np.dtype(triton_to_np_dtype(datatype)).itemsize
+
+
 class Refused(ValueError):
     """A request the guard answers itself with 400 and this message."""
 
@@ -52,8 +57,7 @@ class ModelLimits:
         return cls(int(config.get("max_batch_size", 0)), inputs, frozenset(o["name"] for o in config["output"]))
 
     def max_binary_bytes(self) -> int:
-        return sum(np.dtype(triton_to_np_dtype(dt)).itemsize * max(self.max_batch, 1) * math.prod(dims)
-                   for dt, dims in self.inputs.values())
+        return sum(tensor_bytes(dt, (max(self.max_batch, 1), *dims)) for dt, dims in self.inputs.values())
 
     def shape_problem(self, model: str, inp: dict) -> str | None:
         """Why this input's name, datatype or shape is refused, or None."""
@@ -191,7 +195,7 @@ def rewrite(model: str, limits: ModelLimits, body: bytes, header_length: str | N
         if name in (f["name"] for f in forwarded):
             raise Refused(f"input '{name}' is given twice")
         params = _parameters(f"input '{name}'", inp.get("parameters", {}), {"binary_data_size": int})
-        size = math.prod(shape) * np.dtype(triton_to_np_dtype(datatype)).itemsize
+        size = tensor_bytes(datatype, shape)
         if "binary_data_size" in params:
             if "data" in inp:
                 raise Refused(f"input '{name}' has both 'data' and 'binary_data_size'")
