@@ -16,7 +16,7 @@
   the inflated bytes, and at most ``heavy_slots`` large bodies are inflated or parsed at once;
   every upstream request has a total timeout (504).
 While draining (shutdown) it refuses new inference and reports not-ready (503); a model the
-supervisor finds unhealthy or is reloading is not ready and refuses inference (503) meanwhile.
+supervisor finds unhealthy or is restarting is not ready and refuses inference (503) meanwhile.
 """
 from __future__ import annotations
 
@@ -104,7 +104,7 @@ class Guard:
         self.max_body, self.timeout_s, self.open_control = max_body_bytes, timeout_s, open_control
         self.heavy_slots = heavy_slots
         self.draining = False
-        # model -> why it is not ready (being reloaded, failing its probe): replaced, never mutated,
+        # model -> why it is not ready (server restarting, failing its probe): replaced, never mutated,
         # by the supervisor's thread, so this loop always reads a whole mapping
         self.unready: dict[str, str] = {}
         self.in_flight = 0
