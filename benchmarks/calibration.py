@@ -2,9 +2,9 @@
 
 python benchmarks/calibration.py [--pairs 12] [--steps 24] [--out benchmarks/results/calibration_cpu.json]
 
-A LEVIR-style aerial change dataset from the project's generator (``stsun.demo``): the demo
+A LEVIR-style aerial change dataset from the project's generator (``stsun.data.demo``): the demo
 checkpoint fine-tuned on ``--pairs`` pairs (as ``stsun train --data``), then the user's tiles drawn
-as ``build --data`` draws them (``stsun.user_tiles``) from ``--pairs`` other pairs of the same
+as ``build --data`` draws them (``stsun.app.user_tiles``) from ``--pairs`` other pairs of the same
 generator, never trained on. The fp32 ONNX is quantised with each of onnxruntime's calibrators on
 (a) the build's generated calibration tiles (what a build without --data uses) and (b) the user's
 calibration tiles; every variant is scored on the same held-out user tiles against the fp32 model:
@@ -25,17 +25,17 @@ def main(pairs: Annotated[int, typer.Option(min=4)] = 12, steps: Annotated[int, 
          calibration_tiles: int = 16, heldout_tiles: int = 12,
          out: Path = Path("benchmarks/results/calibration_cpu.json")) -> None:
     from stsun.atomic import atomic_write
-    from stsun.checkpoint import load_model
-    from stsun.datasets import open_dataset
-    from stsun.demo import aerial_bcd_profile, write_change_pairs
+    from stsun.model.checkpoint import load_model
+    from stsun.data.datasets import open_dataset
+    from stsun.data.demo import aerial_bcd_profile, write_change_pairs
     from stsun.export.fidelity import FidelityTiles, fidelity
     from stsun.export.onnx_export import CALIBRATION_METHODS, quantize_int8
-    from stsun.finetune import FineTuneOptions, fine_tune
-    from stsun.pipeline import CALIBRATION_SEED, build_artifacts
+    from stsun.training.finetune import FineTuneOptions, fine_tune
+    from stsun.app.pipeline import CALIBRATION_SEED, build_artifacts
     from stsun.profiles import load_profile
     from stsun.runtime import EagerEngine, OnnxRuntimeEngine
-    from stsun.synthetic import synthetic_tiles
-    from stsun.user_tiles import draw_user_tiles
+    from stsun.data.synthetic import synthetic_tiles
+    from stsun.app.user_tiles import draw_user_tiles
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

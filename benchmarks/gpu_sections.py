@@ -98,7 +98,7 @@ def prepare(cfg: dict[str, dict], work: Path) -> None:
     import scene as scene_bench
 
     from stsun.runtime.cpp_io import build_example
-    from stsun.synthetic import write_scene
+    from stsun.data.synthetic import write_scene
 
     prof, record = scd_profile(), {"pid": os.getpid()}
     steps: dict[str, Callable[[], object]] = {
@@ -210,8 +210,8 @@ def scene(report: Report, cfg: dict, device: str, work: Path) -> str:
     scene runner's efficiency (engine time over wall time)."""
     import scene as scene_bench
 
-    from stsun.checkpoint import load_model
-    from stsun.runtime.compiled_backend import CompiledEngine
+    from stsun.model.checkpoint import load_model
+    from stsun.runtime.backends.compiled import CompiledEngine
     from stsun.runtime.scene import tile_starts
 
     prof = scd_profile()
@@ -231,9 +231,9 @@ def scene(report: Report, cfg: dict, device: str, work: Path) -> str:
 
 def train(report: Report, cfg: dict, device: str, work: Path) -> str:
     """`stsun train --data` (fine_tune from scratch) for a fixed time per model size: steps/s."""
-    from stsun.datasets import open_dataset
-    from stsun.finetune import FineTuneOptions, fine_tune
-    from stsun.synthetic import write_scene
+    from stsun.data.datasets import open_dataset
+    from stsun.training.finetune import FineTuneOptions, fine_tune
+    from stsun.data.synthetic import write_scene
 
     prof = scd_profile()
     report.save(prepared=wait_prepared(work, "train_data"))
@@ -257,13 +257,13 @@ def train(report: Report, cfg: dict, device: str, work: Path) -> str:
 
 def cpp(report: Report, cfg: dict, device: str, work: Path) -> str:
     """The AOTInductor package built for the device and run by the C++ example; logits against Python."""
-    from stsun.checkpoint import load_model
+    from stsun.model.checkpoint import load_model
     from stsun.classmaps import predicted_classes
     from stsun.export.aoti_export import export_aoti
     from stsun.model.folding import fold
     from stsun.model.lgwa import use_fused_kernel
     from stsun.runtime.cpp_io import read_tensor, write_tensor
-    from stsun.synthetic import synthetic_tiles
+    from stsun.data.synthetic import synthetic_tiles
 
     prof = scd_profile()
     folded = fold(load_model(None, size=cfg["size"]), prof).to(device)

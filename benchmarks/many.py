@@ -29,7 +29,7 @@ import typer
 
 
 def scenes(prof, work: Path, count: int, size: int) -> dict[str, list[str]]:
-    from stsun.synthetic import write_scene
+    from stsun.data.synthetic import write_scene
 
     jobs = {}
     for i in range(count):
@@ -42,7 +42,7 @@ def scenes(prof, work: Path, count: int, size: int) -> dict[str, list[str]]:
 
 
 def run_config(manifest, build_dir: Path, work: Path, workers: int, threads: int) -> dict:
-    from stsun.many import EngineSpec, RunOptions, predict_many
+    from stsun.app.many import EngineSpec, RunOptions, predict_many
 
     outdir = work / f"out-{workers}x{threads}"
     shutil.rmtree(outdir, ignore_errors=True)
@@ -93,9 +93,9 @@ def main(
     quiet_machine: Annotated[bool, typer.Option(help="State that nothing else ran on the machine meanwhile.")] = False,
 ) -> None:
     from stsun.atomic import atomic_write
-    from stsun.manifest import read_manifest
-    from stsun.many import cores
-    from stsun.pipeline import build_artifacts
+    from stsun.app.manifest import read_manifest
+    from stsun.app.many import cores
+    from stsun.app.pipeline import build_artifacts
     from stsun.profiles import load_profile
 
     command = shlex.join(["python", "benchmarks/many.py", *sys.argv[1:]])

@@ -27,7 +27,7 @@ import typer
 S2_SCENE_PX = 10980
 def band_directory(date_file: Path, profile, out_dir: Path) -> Path:
     """The date as a directory of single-band deflate GeoTIFFs, the 20 m bands at 20 m (2x2 mean)."""
-    from stsun.synthetic import S2_20M_BANDS, write_band_files
+    from stsun.data.synthetic import S2_20M_BANDS, write_band_files
 
     write_band_files(date_file, profile, out_dir, lambda band, _: f"T33UUP_B{band[1:].zfill(2)}.tif", S2_20M_BANDS)
     return out_dir
@@ -42,7 +42,7 @@ def efficiency(prof, build_dir: Path, work: Path, backend: str, size: int, reps:
 
 def efficiency_scene(prof, work: Path, size: int) -> list[Path]:
     """The efficiency scene's dates (``size`` px square), written under ``work`` unless already there."""
-    from stsun.synthetic import write_scene
+    from stsun.data.synthetic import write_scene
 
     scene = work / f"{prof.name}-eff-{size}"
     dates = [scene / f"date{t + 1}.tif" for t in range(prof.t_in)]
@@ -57,7 +57,7 @@ def engine_efficiency(prof, engine, work: Path, size: int, reps: int,
     import numpy as np
 
     from stsun.runtime.scene import SceneOptions, predict_scene, tile_starts
-    from stsun.synthetic import synthetic_tiles
+    from stsun.data.synthetic import synthetic_tiles
 
     dates = efficiency_scene(prof, work, size)
     scene = dates[0].parent
@@ -125,10 +125,10 @@ def main(
     worker_scene: Annotated[Path | None, typer.Option(hidden=True)] = None,
 ) -> None:
     from stsun.atomic import atomic_write
-    from stsun.pipeline import build_artifacts
+    from stsun.app.pipeline import build_artifacts
     from stsun.precision import ONNX_PRECISIONS
     from stsun.profiles import load_profile
-    from stsun.synthetic import write_scene
+    from stsun.data.synthetic import write_scene
 
     prof = load_profile(profile)
     bdir = build_dir or Path("build") / f"bench-{prof.name}-tiny"

@@ -39,7 +39,7 @@ def build_command(
                                                 "stsun::WindowAttention plugin, PTX for sm_80/sm_90).")] = "tensorrt",
 ) -> None:
     """Build deployable artifacts for one profile and check them against the eager model."""
-    from stsun.pipeline import build_artifacts
+    from stsun.app.pipeline import build_artifacts
     from stsun.profiles import load_profile
 
     prof = load_profile(profile)
@@ -57,7 +57,7 @@ def build_command(
 
 
 def main() -> None:
-    from stsun.cli import StsunCommand
+    from stsun.app.cli import StsunCommand
 
     app = typer.Typer(add_completion=False)
     app.command(cls=StsunCommand)(build_command)

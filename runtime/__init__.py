@@ -1,14 +1,19 @@
 """Runtime backends behind one interface: ``load_engine(build_dir, backend=...)``; the backends
-and what each needs are the table in ``stsun.runtime.backends``."""
+and what each needs are the table in ``stsun.runtime.backends``. Engine classes load on first use."""
+from __future__ import annotations
+
 from stsun.errors import EngineError
 
-from .backends import BACKENDS
-from .compiled_backend import CompiledEngine
-from .engine import BuildDir, Engine, load_engine
-from .ort_backend import OnnxRuntimeEngine
-from .serving.client import TritonEngine
-from .torch_backends import EagerEngine, FoldedEngine
-from .trt_backend import TensorRTEngine
+from .backends import BACKENDS, load_engine
+from .engine import BuildDir, Engine
 
-__all__ = ["BACKENDS", "BuildDir", "Engine", "EngineError", "load_engine", "EagerEngine", "FoldedEngine",
-           "OnnxRuntimeEngine", "TensorRTEngine", "CompiledEngine", "TritonEngine"]
+_ENGINES = {spec.engine_class: name for name, spec in BACKENDS.items()}
+
+
+def __getattr__(name: str):
+    if name in _ENGINES:
+        return BACKENDS[_ENGINES[name]].engine
+    raise AttributeError(f"module 'stsun.runtime' has no attribute {name!r}")
+
+
+__all__ = ["BACKENDS", "BuildDir", "Engine", "EngineError", "load_engine", *_ENGINES]

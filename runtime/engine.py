@@ -1,4 +1,5 @@
-"""One interface for every backend: ``load_engine(build_dir, backend=...)``.
+"""The interface every backend implements (``Engine``) and the build directory it opens (``BuildDir``);
+``stsun.runtime.backends.load_engine`` picks the backend.
 
 An engine takes a float32 numpy batch (B, T_in, C_in, H, W), already scaled as its profile
 says, and returns float32 logits (B, T_out, C_out, H, W). Inputs are validated before any
@@ -13,13 +14,13 @@ from typing import ClassVar
 
 import numpy as np
 
+from stsun.build_report import REPORT_NAME, ReportProblem, parse_report
 from stsun.classmaps import encode_maps, map_layout
 from stsun.errors import EngineError
 from stsun.profiles import Profile, profile_from_dict
 from stsun.raw import scaled
 from stsun.validation import InputError, check_tiles
 
-REPORT_NAME = "build_report.json"
 
 
 class Engine(ABC):
@@ -73,6 +74,12 @@ class Engine(ABC):
         uses every core); a remote engine overrides this to keep them in flight together."""
         return [self(b) for b in batches]
 
+    @classmethod
+    @abstractmethod
+    def open(cls, build: BuildDir, precision: str | None = None, **options) -> Engine:
+        """The engine for ``build`` at ``precision`` (the backend's default when None); options are
+        the backend's own (a server URL, a device)."""
+
     @abstractmethod
     def _run(self, x: np.ndarray) -> np.ndarray:
         """Logits for a validated batch of at most ``max_batch`` tiles."""
@@ -86,34 +93,28 @@ class BuildDir:
         report = self.path / REPORT_NAME
         if not report.is_file():
             raise EngineError(f"{self.path} is not a build directory (no {REPORT_NAME}); "
-                              "create one with: python export/build_engine.py --profile NAME --out DIR")
-        rebuild = "rebuild it with: python export/build_engine.py --profile NAME --out DIR"
+                              "create one with: python export/build_engine.py --profile NAME -o DIR")
+        rebuild = "rebuild it with: python export/build_engine.py --profile NAME -o DIR"
         try:
-            self.report = json.loads(report.read_text())
+            data = json.loads(report.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise EngineError(f"{report} is not valid JSON ({err}); {rebuild}") from None
-        r = self.report
-        problems = [] if isinstance(r, dict) else [f"it holds a {type(r).__name__}, not an object"]
-        if not problems:
-            problems = [f"'{k}' is missing or not {what}" for k, kind, what in (
-                ("profile", dict, "an object"), ("max_batch", int, "an integer"), ("artifacts", list, "a list"),
-                ("checkpoint", dict, "an object")) if not isinstance(r.get(k), kind)]
-        if not problems and r["max_batch"] < 1:
-            problems = [f"max_batch is {r['max_batch']}"]
-        if problems:
-            raise EngineError(f"{report} is not a valid build report: {'; '.join(problems)}; {rebuild}")
-        self.profile = profile_from_dict(r["profile"], source=str(report))
-        self.max_batch: int = r["max_batch"]
+        try:
+            self.report = parse_report(data)
+        except ReportProblem as err:
+            raise EngineError(f"{report} is not a valid build report: {err}; {rebuild}") from None
+        self.profile = profile_from_dict(self.report.profile, source=str(report))
+        self.max_batch: int = self.report.max_batch
 
     @property
     def checkpoint(self) -> Path:
-        return self.verified(self.path / self.report["checkpoint"]["file"], self.report["checkpoint"].get("sha256"))
+        return self.verified(self.path / self.report.checkpoint.file, self.report.checkpoint.sha256)
 
     def verified(self, path: Path, sha256: str | None) -> Path:
         """``path`` if it exists and matches the sha256 the build recorded for it (builds made
         before hashes were recorded are not checked). Hashing reads the file once: about 10 ms for
         the tiny demo model's ONNX, 1-2 s for the large model's 800 MB."""
-        from stsun.checkpoint import file_sha256
+        from stsun.digest import file_sha256
 
         if not path.is_file():
             raise EngineError(f"{path} is missing from the build; rebuild it")
@@ -123,21 +124,10 @@ class BuildDir:
         return path
 
     def artifact(self, kind: str, precision: str) -> Path:
-        for a in self.report["artifacts"]:
-            if a.get("format") == kind and a.get("precision") == precision and a.get("path"):
-                return self.verified(self.path / a["path"], a.get("sha256"))
-        built = sorted(f"{a.get('format')}/{a.get('precision')}" for a in self.report["artifacts"] if a.get("path"))
+        for a in self.report.artifact_paths(kind):
+            if a.precision == precision:
+                return self.verified(self.path / a.path, a.sha256)
+        built = sorted(f"{a.format}/{a.precision}" for a in self.report.artifacts if a.path)
         raise EngineError(f"{self.path} has no {kind} {precision} artifact; it has {built}. "
                           f"Rebuild with --precision {precision}.")
 
-
-def load_engine(path: str | Path, backend: str = "onnxruntime", precision: str | None = None, **options) -> Engine:
-    """Open a build directory with one backend of ``stsun.runtime.backends.BACKENDS`` (eager,
-    folded, compiled, onnxruntime, tensorrt, triton). ``precision`` picks the artifact or compute
-    precision among the backend's (default: fp32; ``compiled``: bf16 on a GPU)."""
-    from .backends import backend as find  # the table imports every backend module
-
-    spec = find(backend, precision)
-    if precision is not None:
-        options["precision"] = precision
-    return spec.engine.open(BuildDir(path), **options)

@@ -1,10 +1,27 @@
-"""STSUN deployment runtime: reference model, profiles, export, runtime backends, kernels."""
-from stsun.checkpoint import load_checkpoint, load_model, save_checkpoint
-from stsun.model import STSUN, Metadata, ModelConfig
-from stsun.profiles import Profile, ProfileError, load_profile
-from stsun.validation import InputError
+"""STSUN deployment runtime: reference model, profiles, export, runtime backends, kernels.
+
+``import stsun`` is light: the names below load their modules (and torch, for the model) on
+first use.
+"""
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = ["STSUN", "Metadata", "ModelConfig", "Profile", "ProfileError", "InputError",
-           "load_checkpoint", "load_model", "save_checkpoint", "load_profile", "__version__"]
+_LAZY = {
+    "STSUN": "stsun.model", "Metadata": "stsun.model", "ModelConfig": "stsun.model",
+    "load_checkpoint": "stsun.model.checkpoint", "load_model": "stsun.model.checkpoint",
+    "save_checkpoint": "stsun.model.checkpoint",
+    "Profile": "stsun.profiles", "ProfileError": "stsun.profiles", "load_profile": "stsun.profiles",
+    "InputError": "stsun.validation",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'stsun' has no attribute {name!r}")
+
+
+__all__ = [*_LAZY, "__version__"]

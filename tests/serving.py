@@ -15,7 +15,7 @@ import numpy as np
 
 from ports import free_ports, port_open
 from stsun import load_profile
-from stsun.pipeline import build_artifacts
+from stsun.app.pipeline import build_artifacts
 from stsun.runtime.serving.repository import write_triton_repo
 from stsun.runtime.serving.server import child_pids, python_stubs
 
@@ -45,7 +45,7 @@ class Serve:
         self.log = tmp / f"triton-{self.http}.log" if log == "default" else log
         self.out = open(tmp / f"serve-{self.http}.out", "w+")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "stsun.cli", "serve", "--repo", str(repo), "--http-port", str(self.http),
+            [sys.executable, "-m", "stsun.app.cli", "serve", "--repo", str(repo), "--http-port", str(self.http),
              "--grpc-port", str(self.grpc), "--metrics-port", str(self.metrics),
              *(["--log", str(self.log)] if self.log else []), "--drain-timeout", "30", *options],
             stdout=self.out, stderr=subprocess.STDOUT, cwd=cwd, env=env)

@@ -1,12 +1,14 @@
 """The one-way architecture, checked by reading the source (no imports run):
 
-    core < kernels < model < export < runtime < top (build pipeline, CLIs, benchmarks)
+    core < kernels < model < export < runtime < app (CLI, build pipeline, predict-many, benchmarks)
 
 A module may import its own layer and the layers below it, never one above. Run alone with
 ``python -m pytest -q tests/test_architecture.py`` (the import walk itself reads the source with
 ``ast`` and imports nothing of the project).
 """
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,26 +18,27 @@ ROOT = Path(__file__).resolve().parents[1]
 # Source folder -> the package it is installed as (pyproject.toml's package-dir).
 PACKAGES = {"stsun": "stsun", "export": "stsun.export", "runtime": "stsun.runtime", "kernels": "stsun.kernels",
             "benchmarks": "benchmarks"}
-# Bottom to top. A module belongs to the layer of its longest matching prefix.
+# Bottom to top, by folder: a module belongs to the layer of its folder (the longest matching
+# package). Modules directly in ``stsun/`` are the core; entry scripts are listed by name.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("core", ("stsun.errors", "stsun.atomic", "stsun.validation", "stsun.profiles", "stsun.precision", "stsun.display",
-              "stsun.classmaps", "stsun.graph_io", "stsun.raw")),
+    ("core", ("stsun", "stsun.profiles")),
     ("kernels", ("stsun.kernels",)),
-    ("model", ("stsun", "stsun.model", "stsun.checkpoint", "stsun.synthetic", "stsun.metrics", "stsun.train",
-               "stsun.evaluate", "stsun.research_import", "stsun.datasets", "stsun.finetune")),
+    ("model", ("stsun.model", "stsun.data", "stsun.training")),
     ("export", ("stsun.export",)),
     ("runtime", ("stsun.runtime",)),
-    ("top", ("stsun.pipeline", "stsun.cli", "stsun.export.build_engine", "stsun.manifest", "stsun.many",
-             "stsun.user_tiles", "benchmarks")),
+    ("app", ("stsun.app", "stsun.export.build_engine", "stsun.__main__", "benchmarks")),
 ]
 RANK = {name: i for i, (name, _) in enumerate(LAYERS)}
 
 
 def layer_of(module: str) -> str | None:
+    """The layer of the longest listed package holding ``module``; ``stsun`` itself holds only the
+    modules directly in it, so a new subpackage has no layer until it is listed here."""
     best, best_len = None, -1
     for name, prefixes in LAYERS:
         for p in prefixes:
-            if (module == p or module.startswith(p + ".")) and len(p) > best_len:
+            inside = module.startswith(p + ".") and (p != "stsun" or module.count(".") == 1)
+            if (module == p or inside) and len(p) > best_len:
                 best, best_len = name, len(p)
     return best
 
@@ -50,12 +53,14 @@ def modules() -> dict[str, Path]:
     return found
 
 
-def imports(module: str, path: Path) -> list[tuple[int, str]]:
-    """(line, imported module) for every import in the file, lazy ones included."""
+def imports(module: str, path: Path, lazy: bool = True) -> list[tuple[int, str]]:
+    """(line, imported module) for every import in the file; with ``lazy=False`` only those that
+    run when the module is imported (its top-level statements)."""
     is_package = path.name == "__init__.py"
     package = module if is_package else module.rpartition(".")[0]
     out = []
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    tree = ast.parse(path.read_text(), str(path))
+    for node in ast.walk(tree) if lazy else tree.body:
         if isinstance(node, ast.Import):
             out += [(node.lineno, a.name) for a in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -89,6 +94,45 @@ def test_imports_point_down_the_pipeline():
     assert upward == []
 
 
+def import_graph() -> dict[str, list[str]]:
+    """Module -> the project modules it imports at import time. Importing one's own parent
+    package is left out: Python has already started it (that is not a circle)."""
+    known = modules()
+    return {m: sorted({t for _, t in imports(m, p, lazy=False)
+                       if t in known and t != m and not m.startswith(t + ".")}) for m, p in known.items()}
+
+
+def cycles(graph: dict[str, list[str]]) -> list[list[str]]:
+    found, state = [], {}
+
+    def visit(m: str, stack: list[str]) -> None:
+        state[m] = "open"
+        for t in graph[m]:
+            if state.get(t) == "open":
+                found.append(stack[stack.index(t):] + [t])
+            elif t not in state:
+                visit(t, stack + [t])
+        state[m] = "done"
+
+    for m in graph:
+        if m not in state:
+            visit(m, [m])
+    return found
+
+
+def test_no_import_circle():
+    assert cycles(import_graph()) == []
+    # the check is not vacuous
+    assert cycles({"a": ["b"], "b": ["c"], "c": ["a"], "d": ["a"]}) == [["a", "b", "c", "a"]]
+
+
+def test_import_stsun_loads_no_torch():
+    out = subprocess.run([sys.executable, "-c", "import sys, stsun, stsun.runtime; "
+                          "print(sorted(m for m in ('torch', 'onnx', 'triton') if m in sys.modules))"],
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
 def test_the_layer_check_catches_an_upward_import(tmp_path):
     """The walker is not vacuous: a model module importing the runtime is flagged."""
     bad = tmp_path / "lgwa.py"
@@ -119,7 +163,7 @@ def test_capability_tables_agree():
 
 @pytest.mark.parametrize("command", [["predict", "--help"], ["predict-many", "--help"]])
 def test_cli_help_lists_every_backend(command):
-    from stsun.cli import app
+    from stsun.app.cli import app
     from stsun.runtime.backends import BACKENDS
 
     res = CliRunner().invoke(app, command, terminal_width=200)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from stsun import Metadata, load_model, load_profile, save_checkpoint
-from stsun.checkpoint import CheckpointError, load_checkpoint
+from stsun.model.checkpoint import CheckpointError, load_checkpoint
 
 
 def test_checkpoint_round_trip(tmp_path, tiny_model):

@@ -3,10 +3,11 @@ import pytest
 import torch
 
 from stsun import load_model, load_profile
-from stsun.checkpoint import DEMO_CHECKPOINT
-from stsun.metrics import confusion, scores
-from stsun.synthetic import class_spectrum, synthetic_tiles
-from stsun.train import targets, task_loss
+from stsun.model.checkpoint import DEMO_CHECKPOINT
+from stsun.training.metrics import confusion, scores
+from stsun.data.synthetic import class_spectrum, synthetic_tiles
+from stsun.data.targets import targets
+from stsun.training.train import task_loss
 
 
 def test_spectra_are_physical():
@@ -74,12 +75,12 @@ def test_loss_ignores_nodata_and_decreases_when_fitting():
 @pytest.mark.skipif(not DEMO_CHECKPOINT.is_file(), reason="demo checkpoint not committed")
 def test_load_model_without_arguments_is_the_trained_demo():
     model = load_model()
-    from stsun.checkpoint import config_path
+    from stsun.model.checkpoint import config_path
     import json
 
     info = json.loads(config_path(DEMO_CHECKPOINT).read_text())
     assert info["training"]["steps_done"] > 100 and model.config.size == "tiny"
-    from stsun.evaluate import evaluate_setting
+    from stsun.training.evaluate import evaluate_setting
 
     r = evaluate_setting(model, load_profile("sentinel2-ss"), tiles=2)
     assert r["model"]["miou"] > r["baseline"]["majority class"]["miou"] + 0.2

@@ -7,13 +7,13 @@ import pytest
 import torch
 
 from stsun import InputError, Metadata, load_profile
-from stsun.pipeline import build_artifacts
+from stsun.app.pipeline import build_artifacts
 from stsun.model.folding import fold
 from stsun.export.onnx_export import read_metadata
 from stsun.export.trt.compat import check_compat
 from stsun.profiles import builtin_profile_names
 from stsun.runtime import EngineError, OnnxRuntimeEngine, load_engine
-from stsun.synthetic import synthetic_tiles
+from stsun.data.synthetic import synthetic_tiles
 
 from conftest import random_model
 
@@ -162,6 +162,12 @@ def test_damaged_artifact_or_report_is_refused(s2_build, tmp_path):
     (copy / "build_report.json").write_text("{not json")
     with pytest.raises(EngineError, match="not valid JSON"):
         load_engine(copy)
+    # a report from before the format field, or from a newer format, is refused by name
+    for bad, message in (({k: v for k, v in good.items() if k != "format"}, "it has no format version"),
+                         ({**good, "format": 99}, "it has format 99, this stsun reads format 2")):
+        (copy / "build_report.json").write_text(json.dumps(bad))
+        with pytest.raises(EngineError, match=f"not a valid build report: {message}"):
+            load_engine(copy)
 
 
 def test_corrupted_or_truncated_onnx(s2_build, tmp_path):
@@ -191,7 +197,7 @@ def test_build_cli_every_profile_passes_fp32(tmp_path):
     """Every built-in profile builds at tiny size and passes the fp32 gate."""
     from typer.testing import CliRunner
 
-    from stsun.cli import app
+    from stsun.app.cli import app
 
     for name in builtin_profile_names():
         out = tmp_path / name
@@ -205,7 +211,7 @@ def test_build_cli_every_profile_passes_fp32(tmp_path):
 def test_build_cli_bad_arguments(tmp_path):
     from typer.testing import CliRunner
 
-    from stsun.cli import app
+    from stsun.app.cli import app
 
     res = CliRunner().invoke(app, ["build", "--profile", "nope", "--out", str(tmp_path)])
     assert res.exit_code == 2 and "unknown profile" in res.output

@@ -16,10 +16,10 @@ import pytest
 rasterio = pytest.importorskip("rasterio", reason="the geo extra (rasterio) is not installed")
 
 from stsun import load_profile  # noqa: E402
-from stsun.pipeline import build_artifacts  # noqa: E402
-from stsun.synthetic import write_scene  # noqa: E402
+from stsun.app.pipeline import build_artifacts  # noqa: E402
+from stsun.data.synthetic import write_scene  # noqa: E402
 
-STSUN = [sys.executable, "-c", "from stsun.cli import main; main()"]
+STSUN = [sys.executable, "-c", "from stsun.app.cli import main; main()"]
 
 
 @pytest.fixture(scope="module")

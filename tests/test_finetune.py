@@ -11,15 +11,15 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from stsun.checkpoint import DEMO_CHECKPOINT, load_checkpoint
-from stsun.cli import app
-from stsun.datasets import open_dataset
-from stsun.demo import aerial_bcd_profile, write_change_pairs, write_profile, write_raster
+from stsun.model.checkpoint import DEMO_CHECKPOINT, load_checkpoint
+from stsun.app.cli import app
+from stsun.data.datasets import open_dataset
+from stsun.data.demo import aerial_bcd_profile, write_change_pairs, write_profile, write_raster
 from stsun.errors import DatasetError
-from stsun.evaluate import evaluate_data, model_predictor
-from stsun.finetune import FineTuneOptions, fine_tune, paths, validation_regions
+from stsun.training.evaluate import evaluate_data, model_predictor
+from stsun.training.finetune import FineTuneOptions, fine_tune, paths, validation_regions
 from stsun.profiles import load_profile
-from stsun.synthetic import write_scene
+from stsun.data.synthetic import write_scene
 
 pytestmark = [pytest.mark.skipif(not DEMO_CHECKPOINT.is_file(), reason="demo checkpoint not committed"),
               pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")]
@@ -69,7 +69,7 @@ def test_fine_tuning_raises_heldout_change_f1_well_above_the_trivial_baseline(bc
 
 
 def test_the_trained_checkpoint_builds_and_its_onnx_scores_the_same(bcd):
-    from stsun.pipeline import build_artifacts
+    from stsun.app.pipeline import build_artifacts
 
     build = bcd["tmp"] / "build"
     report = build_artifacts(load_profile(bcd["profile"]), build, checkpoint=bcd["out"], precisions=("fp32",),
@@ -97,7 +97,7 @@ def test_resume_continues_exactly_and_ctrl_c_leaves_a_usable_checkpoint(tmp_path
     straight = tmp_path / "straight" / "m.safetensors"
     fine_tune(ds, straight, options=options, progress=False)
 
-    import stsun.finetune as ft
+    import stsun.training.finetune as ft
 
     calls = {"n": 0}
     crops = ft.random_crops
@@ -195,7 +195,7 @@ def test_a_build_on_the_users_data_gates_every_artifact_on_their_held_out_tiles(
     """--data: int8 calibrated on the user's tiles with the calibrator chosen by measurement, every
     artifact judged on held-out user tiles (per class, and on change F1), and a calibration on
     tiles that never went through the profile's scaling (raw 8-bit numbers) fails the int8 gate."""
-    from stsun.pipeline import ArtifactBuild, build_artifacts
+    from stsun.app.pipeline import ArtifactBuild, build_artifacts
 
     profile = load_profile(bcd["profile"])
     build = bcd["tmp"] / "build-data"

@@ -16,13 +16,13 @@ rasterio = pytest.importorskip("rasterio", reason="the geo extra (rasterio) is n
 
 from stsun import load_profile  # noqa: E402
 from stsun.errors import ClusterError, ManifestError  # noqa: E402
-from stsun.manifest import Job, Manifest, read_manifest  # noqa: E402
-from stsun.many import REPORT_NAME, EngineSpec, RunOptions, predict_many  # noqa: E402
-from stsun.pipeline import build_artifacts  # noqa: E402
+from stsun.app.manifest import Job, Manifest, read_manifest  # noqa: E402
+from stsun.app.many import REPORT_NAME, EngineSpec, RunOptions, predict_many  # noqa: E402
+from stsun.app.pipeline import build_artifacts  # noqa: E402
 from stsun.runtime import load_engine  # noqa: E402
 from stsun.runtime.scene import SceneOptions, predict_scene  # noqa: E402
 from stsun.runtime.scene_inputs import resolve_date  # noqa: E402
-from stsun.synthetic import write_band_files, write_scene  # noqa: E402
+from stsun.data.synthetic import write_band_files, write_scene  # noqa: E402
 
 PROFILE = load_profile("sentinel2-scd")
 # (width, height) of the generated scenes, and the tiles each takes (256 px tiles, 64 px overlap)
@@ -148,7 +148,7 @@ def test_probabilities_and_previews_beside_each_map(build, scenes, scheduler, tm
 def test_a_corrupt_input_fails_with_its_error_and_the_others_succeed(build, scenes, scheduler, reference, tmp_path):
     from typer.testing import CliRunner
 
-    from stsun.cli import app
+    from stsun.app.cli import app
 
     corrupt = tmp_path / "corrupt.tif"
     corrupt.write_bytes(Path(scenes["s3"][0]).read_bytes()[:3000])
@@ -179,7 +179,7 @@ def test_a_killed_run_resumes_where_it_stopped(build, scenes, reference, tmp_pat
     manifest = tmp_path / "jobs.json"
     manifest_of(jobs, manifest)
     outdir = tmp_path / "out"
-    cmd = [sys.executable, "-m", "stsun.cli", "predict-many", str(manifest), "--engine", str(build),
+    cmd = [sys.executable, "-m", "stsun.app.cli", "predict-many", str(manifest), "--engine", str(build),
            "-o", str(outdir), "--workers", "2"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 300
@@ -317,7 +317,7 @@ def test_stac_ids_that_sanitize_alike_keep_their_own_items(build, scenes, schedu
 
 def test_a_second_run_in_the_same_outdir_is_refused(build, scenes, tmp_path):
     """Two runs sharing OUTDIR would each run every job: the second is refused while the first holds it."""
-    from stsun.many import outdir_lock
+    from stsun.app.many import outdir_lock
 
     manifest = manifest_of({"s0": scenes["s0"]}, tmp_path / "jobs.json")
     (tmp_path / "out").mkdir()
@@ -330,7 +330,7 @@ def test_a_second_run_in_the_same_outdir_is_refused(build, scenes, tmp_path):
 def test_cli_refuses_a_bad_manifest_before_any_cluster_starts(build, tmp_path):
     from typer.testing import CliRunner
 
-    from stsun.cli import app
+    from stsun.app.cli import app
 
     (tmp_path / "jobs.json").write_text(json.dumps([{"id": "a", "dates": ["x", "y"]}, {"id": "a", "dates": ["x", "y"]}]))
     start = time.perf_counter()

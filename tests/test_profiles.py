@@ -3,7 +3,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from stsun.cli import app
+from stsun.app.cli import app
 from stsun.profiles import ProfileError, builtin_profile_names, load_profile
 
 REQUIRED = {"sentinel2-scd", "sentinel2-bcd", "sentinel2-ss", "landsat8-ss", "whu-ss", "whu-cd-scd",

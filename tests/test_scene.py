@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from stsun import load_profile
-from stsun.pipeline import build_artifacts
+from stsun.app.pipeline import build_artifacts
 from stsun.classmaps import predicted_classes
 from stsun.runtime import load_engine
 
@@ -10,7 +10,7 @@ rasterio = pytest.importorskip("rasterio", reason="the geo extra (rasterio) is n
 from rasterio.warp import transform as reproject_points  # noqa: E402
 
 from stsun.runtime.scene import SceneError, SceneOptions, predict_scene  # noqa: E402
-from stsun.synthetic import write_scene  # noqa: E402
+from stsun.data.synthetic import write_scene  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -161,7 +161,7 @@ def test_probabilities_output(scd_build, tmp_path):
 def test_cli_predict_with_preview(scd_build, tmp_path):
     from typer.testing import CliRunner
 
-    from stsun.cli import app
+    from stsun.app.cli import app
 
     files = write_scene(load_profile("sentinel2-scd"), tmp_path / "in", size=300, seed=8)
     out, png = tmp_path / "pred.tif", tmp_path / "preview.png"
@@ -197,7 +197,7 @@ def test_a_scene_larger_than_the_machine_is_refused_before_any_compute(scd_build
     from typer.testing import CliRunner
 
     import stsun.runtime.scene as scene
-    from stsun.cli import app
+    from stsun.app.cli import app
 
     dates = sparse_pair(tmp_path, 200_000, 200_000, load_profile("sentinel2-scd"))
     assert sum(d.stat().st_size for d in dates) < 100 << 20
@@ -224,7 +224,7 @@ def test_error_text_with_square_brackets_is_printed_verbatim(scd_build, tmp_path
     them as they are, never as markup."""
     from typer.testing import CliRunner
 
-    from stsun.cli import app
+    from stsun.app.cli import app
 
     dates = [tmp_path / "[bold]date1.tif", tmp_path / "date2.tif"]
     dates[0].write_bytes(b"")
@@ -240,7 +240,7 @@ def test_error_text_with_square_brackets_is_printed_verbatim(scd_build, tmp_path
 def test_a_scene_without_crs_warns_and_the_cli_prints_one_line(scd_build, tmp_path, capsys):
     import warnings
 
-    from stsun.cli import _show_warning
+    from stsun.app.cli import _show_warning
     from stsun.errors import StsunWarning
 
     files = write_scene(load_profile("sentinel2-scd"), tmp_path / "in", size=256, seed=9)

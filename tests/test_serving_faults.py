@@ -21,7 +21,7 @@ from stsun.errors import InputError
 from stsun.runtime import load_engine
 from stsun.runtime.serving.server import (SHM_DIR, SHM_PREFIX, remove_stale_shm,
                                          tritonserver_available)
-from stsun.synthetic import synthetic_tiles
+from stsun.data.synthetic import synthetic_tiles
 
 pytestmark = [pytest.mark.own_process,  # starts servers on loopback ports
               pytest.mark.skipif(tritonserver_available() is not None,

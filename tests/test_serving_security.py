@@ -18,7 +18,7 @@ import pytest
 from serving import MODEL, Serve, build_repo, http, infer_body, logits_of, peak_growth
 from stsun.runtime import load_engine
 from stsun.runtime.serving.server import python_stubs, tritonserver_available
-from stsun.synthetic import synthetic_tiles
+from stsun.data.synthetic import synthetic_tiles
 
 pytestmark = [pytest.mark.own_process,  # starts servers on loopback ports
               pytest.mark.skipif(tritonserver_available() is not None,

@@ -4,7 +4,7 @@ import pytest
 from stsun import load_profile
 
 rasterio = pytest.importorskip("rasterio", reason="the geo extra (rasterio) is not installed")
-from stsun.synthetic import write_scene  # noqa: E402
+from stsun.data.synthetic import write_scene  # noqa: E402
 
 
 def test_scene_geotiffs_are_georeferenced_and_round_trip(tmp_path):

@@ -7,7 +7,7 @@ import onnx
 import pytest
 
 from stsun import load_profile
-from stsun.pipeline import build_artifacts
+from stsun.app.pipeline import build_artifacts
 from stsun.export.trt.env import unavailable_reason as tensorrt_unavailable_reason
 from stsun.kernels.aot import AotError, AttentionSpec, assemble, compile_many, compile_ptx, entry_params, ptx_isa
 

@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from stsun import load_profile
-from stsun.pipeline import build_artifacts
+from stsun.app.pipeline import build_artifacts
 from stsun.runtime.serving.repository import ServingConfig, write_triton_repo
 
 COMMITTED = Path(__file__).resolve().parents[1] / "triton_repo"

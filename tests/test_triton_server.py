@@ -7,11 +7,11 @@ import pytest
 
 from ports import free_ports, port_open
 from stsun import load_profile
-from stsun.pipeline import build_artifacts
+from stsun.app.pipeline import build_artifacts
 from stsun.runtime import EngineError, load_engine
 from stsun.runtime.serving.server import TritonServer, tritonserver_available
 from stsun.runtime.serving.repository import write_triton_repo
-from stsun.synthetic import synthetic_tiles
+from stsun.data.synthetic import synthetic_tiles
 
 pytestmark = [pytest.mark.own_process,  # starts servers on loopback ports
               pytest.mark.skipif(tritonserver_available() is not None,
@@ -62,9 +62,9 @@ def test_scene_through_the_server_matches_local(served, tmp_path):
     import tritonclient.http as httpclient
     from typer.testing import CliRunner
 
-    from stsun.cli import app
+    from stsun.app.cli import app
     from stsun.runtime.scene import SceneOptions, predict_scene, tile_starts
-    from stsun.synthetic import write_scene
+    from stsun.data.synthetic import write_scene
 
     build_dir, server = served
     dates = write_scene(load_profile("sentinel2-scd"), tmp_path / "in", size=1100, height=256, seed=13,

@@ -124,10 +124,10 @@ def write_triton_repo(build_dir: str | Path, repo: str | Path, precision: str = 
         shutil.copyfile(d / "1" / "model.onnx", d_onnx / "1" / "model.onnx")
         (d_onnx / "config.pbtxt").write_text(config_pbtxt(f"{name}{suffix}-onnx", build, 'platform: "onnxruntime_onnx"',
                                                           "KIND_GPU", serving, raw))
-    plans = [a for a in build.report["artifacts"] if a["format"] == "tensorrt" and a.get("path")]
+    plans = build.report.artifact_paths("tensorrt")
     if plans:
         d = model_dir(f"{name}-trt")
-        shutil.copyfile(build.path / plans[0]["path"], d / "1" / "model.plan")
+        shutil.copyfile(build.path / plans[0].path, d / "1" / "model.plan")
         (d / "config.pbtxt").write_text(config_pbtxt(f"{name}-trt", build, 'platform: "tensorrt_plan"',
                                                      "KIND_GPU", serving))
     return written

@@ -19,7 +19,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from stsun.checkpoint import file_sha256, save_checkpoint
+from stsun.digest import file_sha256
+from stsun.model.checkpoint import save_checkpoint
 from stsun.errors import CheckpointError
 from stsun.model import STSUN, ModelConfig
 from stsun.model.research import RESEARCH_DATASETS

@@ -14,13 +14,14 @@ import numpy as np
 import torch
 
 from stsun.classmaps import CHANGE_COLOURS, class_colours, predicted_classes
-from stsun.datasets import IGNORE, NO_CHANGE, Region, UserDataset, grid_tile_count, grid_tiles
+from stsun.data.datasets import IGNORE, NO_CHANGE, Region, UserDataset, grid_tile_count, grid_tiles
 from stsun.display import progress_bar, stretch
-from stsun.metrics import confusion, majority_confusion, scores, semantic_change_scores
+from stsun.training.metrics import confusion, majority_confusion, scores, semantic_change_scores
 from stsun.model import STSUN, Metadata
 from stsun.profiles import Profile, load_profile
-from stsun.synthetic import synthetic_tiles
-from stsun.train import calibrate_batchnorm, change_targets, targets
+from stsun.data.synthetic import synthetic_tiles
+from stsun.data.targets import change_targets, targets
+from stsun.training.train import calibrate_batchnorm
 
 EVAL_SEED = 987654  # never drawn in training (training seeds come from its own generator)
 

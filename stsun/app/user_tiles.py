@@ -2,9 +2,9 @@
 calibration and the fidelity gates then see what the model will see, not generated tiles.
 
 ``--data`` is anything the project already reads, detected in this order:
-- a predict-many manifest (JSON job list, CSV, STAC ItemCollection: ``stsun.manifest``), each
+- a predict-many manifest (JSON job list, CSV, STAC ItemCollection: ``stsun.app.manifest``), each
   job one scene;
-- a dataset folder in a layout ``stsun train --data`` detects (``stsun.datasets``), with labels;
+- a dataset folder in a layout ``stsun train --data`` detects (``stsun.data.datasets``), with labels;
 - otherwise the paths are the T_in dates of one scene (rasters, band directories, SAFE, STAC
   Items: ``stsun.runtime.scene_inputs``), read onto the first date's grid.
 
@@ -27,9 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-from stsun.datasets import IGNORE, UserDataset, open_dataset
+from stsun.data.datasets import IGNORE, UserDataset, open_dataset
 from stsun.errors import DatasetError, ManifestError
-from stsun.manifest import read_manifest
+from stsun.app.manifest import read_manifest
 from stsun.profiles import Profile
 
 MAX_NODATA = 0.5     # a window with more of its pixels without data is skipped

@@ -38,13 +38,14 @@ from pathlib import Path
 from distributed import WorkerPlugin
 
 from stsun.atomic import atomic_write
-from stsun.checkpoint import file_sha256
+from stsun.digest import file_sha256
 from stsun.classmaps import map_layout
 from stsun.display import progress_bar
 from stsun.errors import ClusterError, EngineError, StsunError
-from stsun.manifest import Job, Manifest
+from stsun.app.manifest import Job, Manifest
 from stsun.profiles import Profile
-from stsun.runtime.engine import REPORT_NAME as BUILD_REPORT, BuildDir
+from stsun.build_report import REPORT_NAME as BUILD_REPORT
+from stsun.runtime.engine import BuildDir
 
 REPORT_NAME = "report.json"
 REPORT_EVERY_S = 5.0  # how often the report is rewritten while jobs finish

@@ -167,12 +167,12 @@ def train(
     """Train on your labelled data (--data, --profile), or one model jointly on synthetic scenes."""
     import sys
 
-    from stsun.checkpoint import save_checkpoint
+    from stsun.model.checkpoint import save_checkpoint
 
     if data is None:
         _only_with_data(data, profile=profile, checkpoint=checkpoint, scratch=scratch, resume=resume, device=device,
                         epoch_steps=epoch_steps)
-        from stsun.train import train as run_training
+        from stsun.training.train import train as run_training
 
         profs = [load_profile(p.strip()) for p in (profiles_ or SYNTHETIC_PROFILES).split(",")]
         model, info = run_training(profs, size=size, steps=steps or 1800, batch=batch, lr=lr or 2e-3, seed=seed,
@@ -186,8 +186,8 @@ def train(
         raise typer.BadParameter("--data needs --profile (the profile the data is for)")
     if scratch and checkpoint is not None:
         raise typer.BadParameter("give --checkpoint or --scratch, not both")
-    from stsun.datasets import open_dataset
-    from stsun.finetune import FineTuneOptions, fine_tune
+    from stsun.data.datasets import open_dataset
+    from stsun.training.finetune import FineTuneOptions, fine_tune
 
     dataset = open_dataset(data, load_profile(profile))
     options = FineTuneOptions(epochs=epochs, epoch_steps=epoch_steps, batch=batch, lr=lr, val_fraction=val_fraction,
@@ -217,11 +217,11 @@ def evaluate(
     """Score a checkpoint (and with --engine a built artifact) against trivial baselines: on your
     labelled data (--data, --profile) with the paper's metrics, or on held-out synthetic scenes."""
     from stsun.atomic import atomic_write
-    from stsun.checkpoint import load_model
+    from stsun.model.checkpoint import load_model
 
     if data is None:
         _only_with_data(data, profile=profile, engine_dir=engine_dir, split=split, precision=precision)
-        from stsun.evaluate import demo_figure, evaluate as run_eval, markdown_table
+        from stsun.training.evaluate import demo_figure, evaluate as run_eval, markdown_table
 
         model = load_model(checkpoint)
         results = run_eval(model, tiles=tiles)
@@ -231,7 +231,7 @@ def evaluate(
             raise typer.BadParameter("--data needs --profile (the profile the data is for)")
         results = _evaluate_data(data, load_profile(profile), checkpoint, engine_dir, backend, precision, split, batch,
                                  figure)
-        from stsun.evaluate import data_markdown
+        from stsun.training.evaluate import data_markdown
 
         table = data_markdown(results)
     print(table)
@@ -249,11 +249,11 @@ def _evaluate_data(data: Path, profile: Profile, checkpoint: Optional[Path], eng
                    figure: Optional[Path] = None) -> dict:
     """``stsun evaluate --data``: the checkpoint, and a built artifact run by its backend, scored
     on the same tiles of the chosen split."""
-    from stsun.checkpoint import DEMO_CHECKPOINT, load_checkpoint
-    from stsun.datasets import open_dataset
+    from stsun.model.checkpoint import DEMO_CHECKPOINT, load_checkpoint
+    from stsun.data.datasets import open_dataset
     from stsun.errors import EngineError
-    from stsun.evaluate import evaluate_data, model_predictor
-    from stsun.finetune import evaluation_regions
+    from stsun.training.evaluate import evaluate_data, model_predictor
+    from stsun.training.finetune import evaluation_regions
 
     dataset = open_dataset(data, profile)
     ckpt = checkpoint or DEMO_CHECKPOINT
@@ -376,8 +376,8 @@ def predict_many(
     """Many scenes on a Dask cluster: every job of MANIFEST as `stsun predict` would run it, skipping
     jobs whose map is already done, retrying failures, with a report. Exit 1 if any job failed."""
     from stsun.errors import EngineError
-    from stsun.manifest import read_manifest
-    from stsun.many import REPORT_NAME, EngineSpec, RunOptions, predict_many as run
+    from stsun.app.manifest import read_manifest
+    from stsun.app.many import REPORT_NAME, EngineSpec, RunOptions, predict_many as run
     from stsun.runtime.engine import BuildDir
 
     if scheduler and workers:
@@ -417,7 +417,7 @@ def demo(
     256 px profile; then print the commands that use them."""
     import shlex
 
-    from stsun.demo import write_demo
+    from stsun.data.demo import write_demo
 
     w = write_demo(output, size=size)
     q = lambda p: shlex.quote(str(p))  # noqa: E731
@@ -451,8 +451,8 @@ def calibrate_bn(
     """Recompute per-task BatchNorm statistics on unlabeled generated tiles of the given profiles."""
     import sys
 
-    from stsun.checkpoint import load_checkpoint, save_checkpoint
-    from stsun.train import calibrate_batchnorm
+    from stsun.model.checkpoint import load_checkpoint, save_checkpoint
+    from stsun.training.train import calibrate_batchnorm
 
     model, meta = load_checkpoint(checkpoint)
     profs = [load_profile(p.strip()) for p in profiles_.split(",")]
@@ -476,7 +476,7 @@ def import_research(
                                                     "only for files you trust).")] = False,
 ) -> None:
     """Import a checkpoint of the authors' code as a research-variant STSUN checkpoint."""
-    from stsun.research_import import import_research as run_import
+    from stsun.model.research_import import import_research as run_import
 
     path, settings = run_import(checkpoint, dataset, out, heads=heads, trust_pickle=trust_pickle)
     console.print(f"wrote {path} (research variant, dataset '{dataset}': {settings['t_in']} -> {settings['t_out']} dates, "

@@ -38,7 +38,7 @@ import numpy as np
 
 from stsun.errors import DatasetError
 from stsun.profiles import IGNORE_COLOUR, NO_CHANGE_COLOUR, Profile
-from stsun.train import change_targets
+from stsun.data.targets import change_targets
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
 IGNORE = -1         # target: not scored, no loss

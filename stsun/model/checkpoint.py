@@ -1,7 +1,6 @@
 """Checkpoints: ``NAME.safetensors`` (weights) with ``NAME.json`` (model config) beside it."""
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from stsun.errors import CheckpointError
 from stsun.model import STSUN, ModelConfig, model_config
 
 # The trained demo checkpoint, once committed, lives here and is the default everywhere.
-DEMO_CHECKPOINT = Path(__file__).with_name("weights") / "stsun-tiny-demo.safetensors"
+DEMO_CHECKPOINT = Path(__file__).parents[1] / "weights" / "stsun-tiny-demo.safetensors"
 
 
 def config_path(weights: Path) -> Path:
@@ -28,14 +27,6 @@ def save_checkpoint(model: STSUN, path: str | Path, extra: dict | None = None) -
     meta = {"format": "stsun-checkpoint/1", "config": model.config.to_dict(), **(extra or {})}
     atomic_write(config_path(path), lambda tmp: tmp.write_text(json.dumps(meta, indent=2) + "\n"))
     return path
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def load_checkpoint(path: str | Path) -> tuple[STSUN, dict]:

@@ -4,12 +4,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from stsun.checkpoint import load_checkpoint
+from stsun.model.checkpoint import load_checkpoint
 from stsun.model import STSUN, Metadata
 from stsun.model.folding import fold
 from stsun.profiles import Profile
 
-from .engine import BuildDir, Engine
+from ..engine import BuildDir, Engine
 
 
 def checkpoint_model(build: BuildDir) -> STSUN:

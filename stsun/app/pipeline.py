@@ -7,7 +7,7 @@ steps are small methods of ``ArtifactBuild``, run in order over one validated ``
 that is written into the report.
 
 With ``data`` (``--data``) the user's own imagery replaces generated tiles everywhere a build
-looks at pixels (``stsun.user_tiles``): int8 calibration, BatchNorm calibration and the held-out
+looks at pixels (``stsun.app.user_tiles``): int8 calibration, BatchNorm calibration and the held-out
 tiles every artifact is judged on, with the task metric gated where the data is labelled.
 """
 from __future__ import annotations
@@ -26,8 +26,10 @@ from rich.console import Console
 from rich.markup import escape
 
 import stsun
+from stsun.build_report import FORMAT, REPORT_NAME, BuildReport
 from stsun.atomic import atomic_write
-from stsun.checkpoint import DEMO_CHECKPOINT, file_sha256, load_model, resolve_checkpoint, save_checkpoint
+from stsun.digest import file_sha256
+from stsun.model.checkpoint import DEMO_CHECKPOINT, load_model, resolve_checkpoint, save_checkpoint
 from stsun.errors import BuildError, CheckpointError
 from stsun.export.fidelity import FidelityTiles, fidelity
 from stsun.export.onnx_export import CALIBRATION_METHODS, DERIVED_ONNX, export_fp32, model_metadata, quantize_int8
@@ -40,10 +42,9 @@ from stsun.precision import ONNX_PRECISIONS
 from stsun.profiles import Profile
 from stsun.runtime import EagerEngine, FoldedEngine, OnnxRuntimeEngine, TensorRTEngine
 from stsun.runtime.backends import BACKENDS
-from stsun.runtime.engine import REPORT_NAME
-from stsun.synthetic import synthetic_tiles
-from stsun.train import calibrate_batchnorm, calibrate_task_statistics
-from stsun.user_tiles import UserTiles, draw_user_tiles
+from stsun.data.synthetic import synthetic_tiles
+from stsun.training.train import calibrate_batchnorm, calibrate_task_statistics
+from stsun.app.user_tiles import UserTiles, draw_user_tiles
 
 ATTENTION = ("tensorrt", "plugin")  # how LGWA attention reaches TensorRT (see BuildOptions)
 PLUGIN_CHECK_TILES = 1  # onnx's reference evaluator is pure numpy: seconds per tile
@@ -65,7 +66,7 @@ class BuildOptions(BaseModel):
     fidelity_tiles: int = Field(4, ge=1)     # held-out 256 px two-date tiles' worth of pixels
     calibration_tiles: int = Field(16, ge=1)  # int8 calibration
     calibrate_bn: bool = False              # recalibrate the task's BatchNorm statistics on this profile
-    data: tuple[Path, ...] = ()             # the user's imagery (see stsun.user_tiles); () = generated tiles
+    data: tuple[Path, ...] = ()             # the user's imagery (see stsun.app.user_tiles); () = generated tiles
     data_seed: int = 0                      # which of the user's tiles are drawn
     # int8 activation-range calibrators tried on the held-out tiles, the best kept; default all
     # of them with data, MinMax on generated tiles
@@ -133,6 +134,7 @@ class ArtifactBuild:
                      self.aoti_step, self.tensorrt_step):
             step()
         self.report["passed"] = all(a["fidelity"]["gate"]["passed"] for a in self.report["artifacts"])
+        BuildReport.model_validate(self.report)  # what BuildDir will read back: a bug here fails the build, not a user
         atomic_write(self.out / REPORT_NAME, lambda tmp: tmp.write_text(json.dumps(self.report, indent=2) + "\n"))
         return self.report
 
@@ -228,7 +230,7 @@ class ArtifactBuild:
         ckpt = save_checkpoint(self.model, self.out / "checkpoint")
         self.sha = file_sha256(ckpt)
         self.report = {
-            "profile": json.loads(profile.model_dump_json()), "model_size": self.model.config.size,
+            "format": FORMAT, "profile": json.loads(profile.model_dump_json()), "model_size": self.model.config.size,
             "checkpoint": {"source": source, "file": ckpt.name, "sha256": self.sha},
             "options": json.loads(o.model_dump_json()),
             "stsun_version": stsun.__version__, "torch_version": torch.__version__,

@@ -11,7 +11,7 @@ from stsun.errors import EngineError
 from stsun.graph_io import INPUT_NAME
 from stsun.profiles import Profile, profile_from_dict
 
-from .engine import BuildDir, Engine
+from ..engine import BuildDir, Engine
 
 PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 

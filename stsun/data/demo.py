@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from stsun.profiles import load_profile
-from stsun.synthetic import S2_20M_BANDS, smooth_noise, write_band_files, write_safe, write_scene
+from stsun.data.synthetic import S2_20M_BANDS, smooth_noise, write_band_files, write_safe, write_scene
 
 GRASS, SOIL = np.array([70, 115, 55]), np.array([150, 122, 92])
 ROOFS = np.array([[205, 205, 210], [175, 72, 60], [95, 95, 110]])

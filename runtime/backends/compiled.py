@@ -11,8 +11,8 @@ from stsun.model.folding import fold
 from stsun.precision import precision as precision_spec
 from stsun.profiles import Profile
 
-from .engine import BuildDir, Engine
-from .torch_backends import checkpoint_model
+from ..engine import BuildDir, Engine
+from .pytorch import checkpoint_model
 
 
 class CompiledEngine(Engine):

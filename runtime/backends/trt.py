@@ -8,7 +8,7 @@ import numpy as np
 from stsun.export.trt.runner import PlanRunner
 from stsun.profiles import Profile
 
-from .engine import BuildDir, Engine
+from ..engine import BuildDir, Engine
 
 
 class TensorRTEngine(Engine):

@@ -1,0 +1,4 @@
+"""``python -m stsun``: the CLI."""
+from stsun.app.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""Data: synthetic scenes, datasets on disk, training targets, and the demo workspace."""
