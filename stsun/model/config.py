@@ -14,7 +14,7 @@ CLASS_VOCABULARY: tuple[str, ...] = (
 TASKS: tuple[str, ...] = ("ss", "bcd", "scd")
 # "paper": the model as the paper describes it (metadata = wavelengths, GSD, positions, dates).
 # "research": the authors' public training code, forward for forward, so that their checkpoints
-# deploy unchanged (stsun.model.research; the README lists every difference).
+# deploy unchanged (stsun.model.research; docs/07-research-checkpoints.md lists every difference).
 VARIANTS: tuple[str, ...] = ("paper", "research")
 
 

@@ -3,7 +3,7 @@
 Checkpoints trained with that code (github.com/walking-shadow/Official_TSSUN,
 ``transcoder/models/TSSUN/``) deploy through this variant (``ModelConfig.variant="research"``,
 imported with ``stsun import-research``). It shares every module with the paper variant and
-differs only where their forward differs (the README lists each difference):
+differs only where their forward differs (docs/07-research-checkpoints.md lists each difference):
 
 - metadata are 1-based indices x1000: the position inside the p x p patch, repeated per band,
   for the input SSUM; the date index for TUM; for the output SSUM the class index, over the
