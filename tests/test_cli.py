@@ -146,3 +146,30 @@ def test_help_loads_no_torch():
     assert res.returncode == 0, res.stderr
     assert "Commands:" in res.stdout and "  build " in res.stdout and "  predict " in res.stdout
     assert res.stdout.strip().splitlines()[-1] == "False"
+
+
+def documented_options() -> list[tuple[str, str, str]]:
+    """(page, command, option) for every `stsun COMMAND ... --option` written in README.md and docs/."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    found = []
+    for page in [root / "README.md", *sorted((root / "docs").glob("*.md"))]:
+        for line in page.read_text().splitlines():
+            for segment in re.split(r"(?<![\w/.-])stsun ", line)[1:]:
+                name, _, rest = segment.partition(" ")
+                rest = re.split(r"`|#|;|\(", rest)[0]  # the command ends with its code span or comment
+                found += [(page.name, name, o) for o in re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", rest)]
+    return found
+
+
+def test_the_docs_use_the_options_the_commands_have():
+    wrong = []
+    for page, name, option in documented_options():
+        if name in COMMANDS:
+            cmd = COMMANDS[name]
+            shown = {o for p in cmd.params if not p.hidden for o in [*p.opts, *getattr(p, "secondary_opts", [])]}
+            if option not in shown:
+                wrong.append((page, name, option))
+    assert wrong == []
+    assert ("05-many-scenes.md", "predict-many", "--build") in documented_options()  # not vacuous
