@@ -252,7 +252,7 @@ def outdir_lock(outdir: Path) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise ClusterError(f"another stsun predict-many is running in {outdir}; wait for it, or give another "
-                               f"--output-dir") from None
+                               f"-o/--output") from None
         yield
     finally:
         os.close(fd)
