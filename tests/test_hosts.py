@@ -203,15 +203,18 @@ def test_a_job_whose_workers_keep_dying_fails_with_the_reason_and_the_others_fin
     assert code == 1, output
     jobs = {j["id"]: j for j in report["jobs"]}
     failed = [j for j in jobs.values() if j["status"] == "failed"]
-    assert len(failed) == 1 and failed[0]["attempts"] == 1 and failed[0]["output"] is None
-    assert failed[0]["error"].startswith("KilledWorker: Attempted to run task"), failed[0]["error"]
-    assert "all those workers died while running it" in failed[0]["error"]
-    assert not (tmp_path / "out" / f"{failed[0]['id']}.tif").exists()
+    # the job the worker ran fails, and in a run this small (not over 2 jobs per slot, so Dask assigns
+    # them all at once) so does one it held waiting; the other worker's jobs finish
+    assert 1 <= len(failed) <= 2 and report["counts"]["done"] == len(SCENES) - len(failed)
+    for job in failed:
+        assert job["attempts"] == 1 and job["output"] is None
+        assert job["error"].startswith("KilledWorker: Attempted to run task"), job["error"]
+        assert "all those workers died while running it" in job["error"]
+        assert not (tmp_path / "out" / f"{job['id']}.tif").exists()
     for name, job in jobs.items():
-        if job["status"] != "failed":
-            assert job["status"] == "done"
+        if job["status"] == "done":
             np.testing.assert_array_equal(read(tmp_path / "out" / f"{name}.tif")[0], reference[name][0])
-    print(f"\nno retries left: {failed[0]['id']} failed, the others done; run {seconds:.1f} s")
+    print(f"\nno retries left: {[j['id'] for j in failed]} failed, the others done; run {seconds:.1f} s")
 
 
 def test_a_killed_client_reruns_only_the_missing_jobs(network, root, build, manifest, reference, tmp_path):

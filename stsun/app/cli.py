@@ -339,8 +339,8 @@ def predict_many(
     manifest: Annotated[Path, typer.Argument(help="The jobs, each an id and its dates: a JSON list of "
                                                   "{\"id\": ..., \"dates\": [...]}, a CSV with columns id,date1,date2,... "
                                                   "or a STAC ItemCollection (paired per tile by --pair-rule).")],
-    engine_dir: Annotated[Path, typer.Option("--engine", help="Build directory from build_engine.py (the same path "
-                                                              "on every worker).")],
+    engine_dir: Annotated[Path, typer.Option("--engine", help="Build directory from build_engine.py (sent to "
+                                                              "the workers of a --scheduler cluster).")],
     outdir: Annotated[Path, typer.Option("-o", "--output-dir", help="Writes OUTDIR/<id>.tif per job, and "
                                                                     "OUTDIR/report.json.")],
     scheduler: Annotated[Optional[str], typer.Option(help="An existing Dask cluster's scheduler (tcp://host:8786); "

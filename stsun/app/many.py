@@ -61,10 +61,15 @@ PLUGIN = "stsun-engine"
 # not heard from for worker-ttl (checked every worker-ttl, so noticed 10-20 s after the last heartbeat;
 # workers heartbeat every 0.5 s up to 10 workers, and the TTL is at least 10 heartbeats); a TCP
 # connection whose data goes unacknowledged (a cut link) is dropped after timeouts.tcp (kernel
-# keepalive and TCP_USER_TIMEOUT); connecting gives up after timeouts.connect. They hold on the
-# scheduler and worker hosts: give them there (``cluster_env``), predict-many reads what the scheduler uses.
+# keepalive and TCP_USER_TIMEOUT); connecting gives up after timeouts.connect. In a run of more jobs
+# than twice the task slots (Dask then queues them on the scheduler) a worker is sent only as many
+# jobs as it has slots (worker-saturation 1.0; Dask's 1.1 sends 2 to a 1-slot worker), so a dying
+# worker charges allowed-failures to the job it ran, not to one waiting behind it. They hold on
+# the scheduler and worker hosts: give them there (``cluster_env``); predict-many reports what the
+# scheduler uses.
 CLUSTER_CONFIG = {
     "distributed.scheduler.worker-ttl": "10s",
+    "distributed.scheduler.worker-saturation": 1.0,
     "distributed.comm.timeouts.tcp": "15s",
     "distributed.comm.timeouts.connect": "10s",
 }
@@ -102,7 +107,7 @@ def cluster_env(allowed_failures: int = 2) -> dict[str, str]:
     """``CLUSTER_CONFIG`` and the scheduler's ``allowed-failures`` (worker deaths a job survives) as the
     ``DASK_*`` environment variables ``dask scheduler`` and ``dask worker`` read."""
     config = {**CLUSTER_CONFIG, "distributed.scheduler.allowed-failures": str(allowed_failures)}
-    return {"DASK_" + "__".join(k.split(".")).upper().replace("-", "_"): v for k, v in config.items()}
+    return {"DASK_" + "__".join(k.split(".")).upper().replace("-", "_"): str(v) for k, v in config.items()}
 
 
 @dataclass(frozen=True)
@@ -445,8 +450,9 @@ def predict_many(manifest: Manifest, spec: EngineSpec, outdir: str | Path, optio
                     f"{w['threads']} thread(s)" + (f" -> {w['url']}" if "url" in w else "") for w in workers.values()))
                 ready = time.perf_counter()
                 report["startup_seconds"] = round(ready - clock, 3)  # reading outputs, cluster start, engine loads
+                run_key = f"predict-{uuid.uuid4().hex[:8]}"  # one task group: a big run queues on the scheduler
                 futures = {client.submit(run_job, job, str(outdir), fingerprints[job.id], options, pure=False,
-                                         key=f"predict-{job.id}-{uuid.uuid4().hex[:8]}"): job for job in todo}
+                                         key=(run_key, job.id)): job for job in todo}
                 written = time.perf_counter()
                 with progress_bar(total=len(futures), desc="jobs", unit="scene", show=options.progress) as bar:
                     for future in as_completed(futures):
