@@ -8,7 +8,14 @@ and splitting would need halo rows and a stitching pass over every map.
 
 - Engines: a ``WorkerPlugin`` loads the engine once per worker, with its threads set to the host's
   cores divided by the task slots of the workers on that host, so workers do not oversubscribe.
-  ``--backend triton`` spreads the workers over one or more servers.
+  ``--backend triton`` spreads the workers over one or more servers. On a cluster given by its
+  scheduler the client ships the build (its report and the artifacts the backend reads) inside the
+  plugin: each worker checks every file's sha256 and writes them to its own scratch directory
+  (``--local-directory``) unless the same build is already at the client's path (shared storage),
+  so hosts need no shared disk for the engine.
+- Lost hosts: ``CLUSTER_CONFIG`` (applied here, and as ``cluster_env()`` variables to ``dask
+  scheduler``/``dask worker`` on other hosts) makes the scheduler remove a silent worker in
+  seconds, not Dask's default five minutes; its jobs then run on another worker.
 - Resuming: a job is skipped when its record matches the job (same dates, build, backend,
   precision and scene options), the map has the size and modification time the record noted, and
   the map opens as a raster with the profile's band count, data type and profile/task tags.
@@ -50,6 +57,22 @@ from stsun.runtime.engine import BuildDir
 REPORT_NAME = "report.json"
 REPORT_EVERY_S = 5.0  # how often the report is rewritten while jobs finish
 PLUGIN = "stsun-engine"
+# Lost hosts are noticed in seconds (Dask's defaults take minutes): the scheduler removes a worker it has
+# not heard from for worker-ttl (checked every worker-ttl, so noticed 10-20 s after the last heartbeat;
+# workers heartbeat every 0.5 s up to 10 workers, and the TTL is at least 10 heartbeats); a TCP
+# connection whose data goes unacknowledged (a cut link) is dropped after timeouts.tcp (kernel
+# keepalive and TCP_USER_TIMEOUT); connecting gives up after timeouts.connect. In a run of more jobs
+# than twice the task slots (Dask then queues them on the scheduler) a worker is sent only as many
+# jobs as it has slots (worker-saturation 1.0; Dask's 1.1 sends 2 to a 1-slot worker), so a dying
+# worker charges allowed-failures to the job it ran, not to one waiting behind it. They hold on
+# the scheduler and worker hosts: give them there (``cluster_env``); predict-many reports what the
+# scheduler uses.
+CLUSTER_CONFIG = {
+    "distributed.scheduler.worker-ttl": "10s",
+    "distributed.scheduler.worker-saturation": 1.0,
+    "distributed.comm.timeouts.tcp": "15s",
+    "distributed.comm.timeouts.connect": "10s",
+}
 
 
 @dataclass(frozen=True)
@@ -80,6 +103,70 @@ class RunOptions:
     dashboard_address: str = "127.0.0.1:8787"  # LocalCluster dashboard (a free port is taken if it is in use)
 
 
+def cluster_env(allowed_failures: int = 2) -> dict[str, str]:
+    """``CLUSTER_CONFIG`` and the scheduler's ``allowed-failures`` (worker deaths a job survives) as the
+    ``DASK_*`` environment variables ``dask scheduler`` and ``dask worker`` read."""
+    config = {**CLUSTER_CONFIG, "distributed.scheduler.allowed-failures": str(allowed_failures)}
+    return {"DASK_" + "__".join(k.split(".")).upper().replace("-", "_"): str(v) for k, v in config.items()}
+
+
+@dataclass(frozen=True)
+class BuildShipment:
+    """The files of a build a worker needs, with the sha256 of each, and of the report (the build's identity)."""
+
+    report_sha256: str
+    files: dict[str, bytes]
+    sha256: dict[str, str]
+
+
+def ship_build(build: BuildDir, backend: str, precision: str | None) -> BuildShipment:
+    """The report and the artifacts ``backend`` opens (all its precisions unless one is given;
+    an ONNX's external ``.data`` file too); nothing else of the build travels."""
+    from stsun.runtime.backends import backend as find_backend
+
+    kind = find_backend(backend).artifact
+    names = [BUILD_REPORT]
+    if kind == "checkpoint":
+        names.append(build.report.checkpoint.file)
+    elif kind != "server":
+        for a in build.report.artifact_paths(kind):
+            if precision in (None, a.precision):
+                names += [a.path] + [f"{a.path}.data"] * (build.path / f"{a.path}.data").is_file()
+    files = {}
+    for name in dict.fromkeys(names):
+        try:
+            files[name] = (build.path / name).read_bytes()
+        except OSError as err:
+            raise EngineError(f"cannot read {build.path / name} to send it to the workers: {describe(err)}") from None
+    sha = {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}
+    return BuildShipment(sha[BUILD_REPORT], files, sha)
+
+
+def install_build(shipment: BuildShipment, client_path: str, scratch: str | Path) -> Path:
+    """Where this worker opens the build: the client's path when the same build is there (shared
+    storage), else the shipped files, checked against their sha256, written once under ``scratch``."""
+    here = Path(client_path) / BUILD_REPORT
+    if here.is_file() and file_sha256(here) == shipment.report_sha256:
+        return Path(client_path)
+    target = Path(scratch) / f"stsun-build-{shipment.report_sha256[:16]}"
+    if (target / BUILD_REPORT).is_file():  # another worker sharing this scratch wrote it
+        return target
+    for name, data in shipment.files.items():
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            raise EngineError(f"the build names a file outside its directory: {name}")
+        if hashlib.sha256(data).hexdigest() != shipment.sha256[name]:
+            raise EngineError(f"{name} of the build arrived damaged (sha256 mismatch)")
+    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}")
+    for name, data in shipment.files.items():
+        (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp / name).write_bytes(data)
+    try:
+        tmp.rename(target)
+    except OSError:  # a worker beside this one renamed its copy first
+        shutil.rmtree(tmp)
+    return target
+
+
 def cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
@@ -100,10 +187,10 @@ class EngineLoader(WorkerPlugin):
     the client reports it in one line instead of every worker logging a traceback."""
 
     def __init__(self, spec: EngineSpec, threads: int | None, slots_per_host: dict[str, int],
-                 url_of_worker: dict[str, str]) -> None:
-        self.spec, self.requested = spec, threads
+                 url_of_worker: dict[str, str], shipment: BuildShipment | None = None) -> None:
+        self.spec, self.requested, self.shipment = spec, threads, shipment
         self.slots_per_host, self.url_of_worker = slots_per_host, url_of_worker
-        self.engine, self.error, self.threads, self.url = None, None, 0, None
+        self.engine, self.error, self.threads, self.url, self.build = None, None, 0, None, None
 
     def setup(self, worker) -> None:
         import torch
@@ -123,9 +210,14 @@ class EngineLoader(WorkerPlugin):
                 spec.urls[zlib.crc32(worker.address.encode()) % len(spec.urls)] if spec.urls else None)
             options.update(url=self.url, protocol=spec.protocol)
         try:
-            self.engine = load_engine(spec.build_dir, backend=spec.backend, precision=spec.precision, **options)
+            self.build = str(install_build(self.shipment, spec.build_dir, worker.local_directory)
+                             if self.shipment else spec.build_dir)
+            self.engine = load_engine(self.build, backend=spec.backend, precision=spec.precision, **options)
         except StsunError as err:
             self.error = str(err)
+        except OSError as err:  # the scratch directory is full or read-only
+            self.error = f"cannot write the build to {worker.local_directory}: {describe(err)}"
+        self.shipment = None  # the files are written: do not keep a copy in the worker's memory
 
 
 def output_paths(outdir: Path, job_id: str) -> tuple[Path, Path]:
@@ -270,18 +362,19 @@ def connect(options: RunOptions) -> Iterator:
             client = Client(options.scheduler, timeout="20s")
         except (OSError, TimeoutError) as err:
             raise ClusterError(f"cannot reach the Dask scheduler at {options.scheduler}: {err}") from None
-        with client:
+        with dask.config.set(CLUSTER_CONFIG), client:
             yield client
         return
     # a worker that dies running a job (killed, out of memory) is retried that many times, then reported
-    with dask.config.set({"distributed.scheduler.allowed-failures": options.retries}), \
+    with dask.config.set({**CLUSTER_CONFIG, "distributed.scheduler.allowed-failures": options.retries}), \
             LocalCluster(n_workers=options.workers or cores(), threads_per_worker=1, processes=True,
                          dashboard_address=options.dashboard_address) as cluster, Client(cluster) as client:
         yield client
 
 
-def start_engines(client, spec: EngineSpec, options: RunOptions) -> dict[str, dict]:
-    """Load the engine on every worker; {worker address: {threads, url}}. Raises ClusterError
+def start_engines(client, spec: EngineSpec, options: RunOptions, shipment: BuildShipment | None = None
+                  ) -> dict[str, dict]:
+    """Load the engine on every worker; {worker address: {threads, url, build}}. Raises ClusterError
     naming the first worker that could not load it."""
     client.wait_for_workers(1, timeout=120)
     workers = client.scheduler_info(n_workers=-1)["workers"]
@@ -289,14 +382,22 @@ def start_engines(client, spec: EngineSpec, options: RunOptions) -> dict[str, di
     for w in workers.values():
         slots[w["host"]] = slots.get(w["host"], 0) + w["nthreads"]
     urls = {a: spec.urls[i % len(spec.urls)] for i, a in enumerate(sorted(workers))} if spec.urls else {}
-    client.register_plugin(EngineLoader(spec, options.threads, slots, urls), name=PLUGIN)
+    client.register_plugin(EngineLoader(spec, options.threads, slots, urls, shipment), name=PLUGIN)
     state = client.run(lambda dask_worker: {k: getattr(dask_worker.plugins[PLUGIN], k)
-                                            for k in ("error", "threads", "url")})
+                                            for k in ("error", "threads", "url", "build")})
     failed = {a: s["error"] for a, s in state.items() if s["error"]}
     if failed:
         address, error = sorted(failed.items())[0]
         raise ClusterError(f"{len(failed)} of {len(state)} worker(s) could not load the engine; {address}: {error}")
-    return {a: {k: s[k] for k in ("threads", "url") if s[k] is not None} for a, s in sorted(state.items())}
+    return {a: {k: s[k] for k in ("threads", "url", "build") if s[k] is not None} for a, s in sorted(state.items())}
+
+
+def failure_settings(client) -> dict:
+    """How the scheduler treats lost workers: seconds of silence before it removes one
+    (``worker-ttl``, None: never) and the worker deaths a job survives (``allowed-failures``)."""
+    ttl, allowed = client.run_on_scheduler(lambda dask_scheduler: (dask_scheduler.worker_ttl,
+                                                                   dask_scheduler.allowed_failures))
+    return {"worker_ttl_s": ttl, "allowed_failures": allowed}
 
 
 def predict_many(manifest: Manifest, spec: EngineSpec, outdir: str | Path, options: RunOptions | None = None,
@@ -337,15 +438,21 @@ def predict_many(manifest: Manifest, spec: EngineSpec, outdir: str | Path, optio
         if todo:
             with connect(options) as client:
                 log(f"dashboard: {client.dashboard_link}")
-                workers = start_engines(client, spec, options)
+                failures = failure_settings(client)
+                if options.scheduler and (failures["worker_ttl_s"] or float("inf")) > 60:
+                    log(f"note: the scheduler removes a silent worker only after worker-ttl = "
+                        f"{failures['worker_ttl_s']} s; see stsun.app.many.CLUSTER_CONFIG for seconds")
+                shipment = ship_build(build, spec.backend, spec.precision) if options.scheduler else None
+                workers = start_engines(client, spec, options, shipment)
                 report["cluster"] = {"scheduler": client.scheduler.address, "dashboard": client.dashboard_link,
-                                     "workers": workers}
+                                     **failures, "workers": workers}
                 log(f"{len(workers)} worker(s) loaded the engine: " + ", ".join(
                     f"{w['threads']} thread(s)" + (f" -> {w['url']}" if "url" in w else "") for w in workers.values()))
                 ready = time.perf_counter()
                 report["startup_seconds"] = round(ready - clock, 3)  # reading outputs, cluster start, engine loads
+                run_key = f"predict-{uuid.uuid4().hex[:8]}"  # one task group: a big run queues on the scheduler
                 futures = {client.submit(run_job, job, str(outdir), fingerprints[job.id], options, pure=False,
-                                         key=f"predict-{job.id}-{uuid.uuid4().hex[:8]}"): job for job in todo}
+                                         key=(run_key, job.id)): job for job in todo}
                 written = time.perf_counter()
                 with progress_bar(total=len(futures), desc="jobs", unit="scene", show=options.progress) as bar:
                     for future in as_completed(futures):
@@ -356,21 +463,13 @@ def predict_many(manifest: Manifest, spec: EngineSpec, outdir: str | Path, optio
                             # KilledWorker: each allowed failure was a worker dying on it, then one more
                             died = type(err).__name__ == "KilledWorker"
                             entries[job.id] = job_entry(job, "failed", error=describe(err),
-                                                        attempts=allowed_failures(options) + 1 if died else 0)
+                                                        attempts=failures["allowed_failures"] + 1 if died else 0)
                         bar.update()
                         if time.perf_counter() - written > REPORT_EVERY_S:  # not after every job: each write is O(jobs)
                             write_report(outdir, report, entries, ready)
                             written = time.perf_counter()
                         end = time.perf_counter()  # before the cluster shuts down
         return write_report(outdir, report, entries, ready, end)
-
-
-def allowed_failures(options: RunOptions) -> int:
-    """Worker deaths a task survives: ours on a local cluster, the scheduler's setting otherwise
-    (read from this process's Dask configuration)."""
-    import dask
-
-    return options.retries if not options.scheduler else int(dask.config.get("distributed.scheduler.allowed-failures"))
 
 
 def keep_rates(outdir: Path, report: dict) -> None:

@@ -27,7 +27,7 @@ def backend_help() -> str:
 
 Build = Annotated[Optional[Path], typer.Option(
     "--build", metavar="DIR",
-    help="Build directory, written by `stsun build` (the same path on every worker of predict-many).")]
+    help="Build directory, written by `stsun build` (predict-many sends it to the workers of a --scheduler cluster).")]
 ExpectedProfile = Annotated[Optional[str], typer.Option(
     metavar="NAME", help="The profile (name or .toml) the build must have been made for; checked before any work.")]
 Backend = Annotated[str, typer.Option(metavar="NAME", help=backend_help())]
