@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-NGINX_CONF = """worker_processes 1;
+NGINX_CONF = """{user}worker_processes 1;
 daemon off;
 pid {prefix}/nginx.pid;
 error_log {prefix}/error.log warn;
@@ -74,7 +74,9 @@ def nginx(root: Path, prefix: Path) -> Iterator[tuple[str, Path]]:
     prefix.mkdir(parents=True, exist_ok=True)
     port = free_port()
     conf = prefix / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(prefix=prefix, port=port, root=Path(root).resolve()))
+    # as root, nginx's workers would drop to nobody, who cannot read a private temporary directory
+    user = "user root root;\n" if os.geteuid() == 0 else ""
+    conf.write_text(NGINX_CONF.format(user=user, prefix=prefix, port=port, root=Path(root).resolve()))
     proc = subprocess.Popen([binary, "-c", str(conf), "-p", str(prefix)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
     try:

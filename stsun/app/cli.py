@@ -303,6 +303,7 @@ def predict(
     """Whole-scene inference: tiled, blended and streamed into a Cloud-Optimized GeoTIFF."""
     from stsun.errors import EngineError
     from stsun.runtime import load_engine
+    from stsun.app.outputs import scene_output
     from stsun.runtime.scene import SceneOptions, predict_scene, preview as write_preview
 
     remote = {"url": url, "protocol": protocol} if backend == "triton" else {}
@@ -310,11 +311,12 @@ def predict(
     if profile and load_profile(profile).name != engine.profile.name:
         raise EngineError(f"{engine_dir} was built for profile '{engine.profile.name}', not '{profile}'")
     summary: dict = {}
-    predict_scene(engine, list(dates), output, SceneOptions(
-        overlap=overlap, align=align, dn_offset=dn_offset, probabilities=probabilities,
-        probabilities_encoding=probabilities_encoding, mask_quality=mask_quality, summary=summary))
-    if preview:
-        write_preview(list(dates), output, preview, engine.profile, dn_offset=dn_offset)
+    with scene_output(output, dates, engine, engine_dir) as local:  # s3://: uploaded, with its STAC Item, on success
+        predict_scene(engine, list(dates), local, SceneOptions(
+            overlap=overlap, align=align, dn_offset=dn_offset, probabilities=probabilities,
+            probabilities_encoding=probabilities_encoding, mask_quality=mask_quality, summary=summary))
+        if preview:
+            write_preview(list(dates), local, preview, engine.profile, dn_offset=dn_offset)
     written = [output] + ([output.with_suffix(".probs.tif")] if probabilities else []) + ([preview] if preview else [])
     console.print(f"wrote {', '.join(map(str, written))}", soft_wrap=True)
     for line in summary_lines(summary):
