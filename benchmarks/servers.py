@@ -134,8 +134,9 @@ class DelayProxy:
 
     async def _handle(self, client_reader, client_writer) -> None:
         server_reader, server_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
-        await asyncio.gather(self._pipe(client_reader, server_writer, self.delay_s),
-                             self._pipe(server_reader, client_writer, 0.0))
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.gather(self._pipe(client_reader, server_writer, self.delay_s),
+                                 self._pipe(server_reader, client_writer, 0.0), return_exceptions=True)
 
     def __enter__(self) -> DelayProxy:
         self.thread.start()

@@ -372,9 +372,28 @@ def _from_stac(path: Path | str, profile: Profile) -> DateInput:
     for s in chosen.values():
         if not is_remote(s.path) and not Path(s.path).is_file():
             raise SceneError(f"{path}: asset file {s.path} for band {s.band} not found")
+    warm([s.path for s in chosen.values()] + ([quality[0]] if quality else []))
     when = item.datetime.isoformat() if item.datetime else props.get("start_datetime")
     return DateInput(path, "STAC item", [chosen[k] for k in wanted], quality, baseline, "STAC raster:bands offset",
                      item.id, when)
+
+
+def warm(paths: list[str]) -> None:
+    """Open the remote ones of ``paths`` at once: their headers land in GDAL's cache in one round
+    trip rather than one per file, and a missing one fails here, before any compute."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    remote = list(dict.fromkeys(p for p in paths if is_remote(p)))
+    if len(remote) < 2:
+        return
+
+    def touch(path: str) -> None:
+        with gdal_env(), _open(path):
+            pass
+
+    with ThreadPoolExecutor(max_workers=min(16, len(remote)), thread_name_prefix="stsun-open") as pool:
+        for f in [pool.submit(touch, p) for p in remote]:
+            f.result()
 
 
 @dataclass(frozen=True)
