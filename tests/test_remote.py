@@ -198,3 +198,38 @@ def test_a_stalled_server_times_out_in_one_line(build, tmp_path):
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert done.returncode != 0 and len(lines) == 1 and "timeout" in lines[0] and f"{base}/a/item.json" in lines[0]
     assert not list(tmp_path.glob("map*"))
+
+
+def test_predict_many_publishes_to_s3_fails_a_bad_job_alone_and_resumes_from_the_store(build, local_map, http, s3,
+                                                                                     tmp_path):
+    from distributed import LocalCluster
+
+    from stsun.app.manifest import read_manifest
+    from stsun.app.many import EngineSpec, RunOptions, predict_many
+
+    base, _ = http
+    good = [f"{base}/date1/item.json", f"{base}/date2/item.json"]
+    jobs = [{"id": "a", "dates": good}, {"id": "b", "dates": [good[0], f"{base}/date9/item.json"]}]
+    (tmp_path / "jobs.json").write_text(json.dumps(jobs))
+    manifest = read_manifest(tmp_path / "jobs.json", 2, tmp_path / "items")
+    store = f"s3://{BUCKET}/many/"
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster:
+        def run():
+            return predict_many(manifest, EngineSpec(str(build)), store,
+                                RunOptions(scheduler=cluster.scheduler_address, progress=False, retries=0),
+                                log=lambda _: None)
+
+        first = run()
+        second = run()
+    status = {j["id"]: j for j in first["jobs"]}
+    assert status["a"]["status"] == "done" and status["b"]["status"] == "failed"
+    assert f"{base}/date9/item.json: HTTP 404" in status["b"]["error"] and "\n" not in status["b"]["error"]
+    keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="many/")["Contents"])
+    assert keys == ["many/a.job.json", "many/a.json", "many/a.tif", "many/catalogue.json", "many/report.json"]
+    s3.download_file(BUCKET, "many/a.tif", str(tmp_path / "a.tif"))
+    assert np.array_equal(read(tmp_path / "a.tif")[0], local_map[0])
+    catalogue = json.loads(s3.get_object(Bucket=BUCKET, Key="many/catalogue.json")["Body"].read())
+    assert catalogue["type"] == "FeatureCollection" and [f["id"] for f in catalogue["features"]] == ["a"]
+    check_result_item(catalogue["features"][0], tmp_path / "a.tif")
+    # the second run finds a's map in the store and does not compute it again
+    assert {j["id"]: j["status"] for j in second["jobs"]} == {"a": "skipped", "b": "failed"}

@@ -109,4 +109,21 @@ def item_collection(items: list[dict]) -> dict:
     return pystac.ItemCollection([pystac.Item.from_dict(i) for i in items]).to_dict()
 
 
-__all__ = ["STSUN_FIELDS", "item_collection", "result_item", "write_item"]
+def write_collection(outdir: Path, store: str | None, job_ids: list[str]) -> Path:
+    """``catalogue.json`` in ``outdir``: an ItemCollection of the Items of ``job_ids``' maps
+    (read from the store when ``store`` is given), hrefs relative to it."""
+    from .outputs import get_text, join
+
+    items = []
+    for job_id in job_ids:
+        text = get_text(join(store, f"{job_id}.json")) if store else (
+            (outdir / f"{job_id}.json").read_text() if (outdir / f"{job_id}.json").is_file() else None)
+        if text:
+            items.append(json.loads(text))
+    path = outdir / "catalogue.json"
+    data = item_collection(items)
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=1) + "\n"))
+    return path
+
+
+__all__ = ["STSUN_FIELDS", "item_collection", "result_item", "write_collection", "write_item"]

@@ -152,5 +152,56 @@ def scene_output(target: str | os.PathLike, dates: list, engine, build_dir: str 
         write_item(local, url.rsplit("/", 1)[-1] if url else local.name, inputs, engine, build_dir)
 
 
-__all__ = ["MULTIPART_BYTES", "abort_parts", "get_text", "head", "is_store", "join", "publish", "scene_output", "siblings", "staged",
+def local_dir(outdir: str | os.PathLike) -> tuple[Path, str | None]:
+    """(the local folder maps are written in, the ``s3://`` prefix they are published to or None).
+    A prefix's folder is a fixed one under the temporary directory, so every host and every run
+    stages it in the same place."""
+    if not is_store(outdir):
+        return Path(outdir).resolve(), None
+    import hashlib
+
+    url = as_url(outdir).rstrip("/") + "/"
+    local = Path(tempfile.gettempdir()) / "stsun-outputs" / hashlib.sha256(url.encode()).hexdigest()[:16]
+    local.mkdir(parents=True, exist_ok=True)
+    return local, url
+
+
+def publish_job(out: Path, store: str) -> None:
+    """A predict-many job's map and its siblings (record, Item last) to the store, then removed here."""
+    publish(out, join(store, out.name))
+    for path in siblings(out):
+        path.unlink(missing_ok=True)
+
+
+def stored_output(store: str, job_id: str, fingerprint: str, extras: list[str]) -> dict | None:
+    """The record of a job whose map, extras and Item are in the store and match the record (same
+    fingerprint, the map's size as uploaded); None when the job must run."""
+    import json
+
+    try:
+        done = json.loads(get_text(join(store, f"{job_id}.job.json")) or "null")
+    except ValueError:
+        return None
+    if not isinstance(done, dict) or done.get("fingerprint") != fingerprint:
+        return None
+    stored = head(join(store, f"{job_id}.tif"))
+    if stored is None or stored["ContentLength"] != done.get("size"):
+        return None
+    if any(head(join(store, name)) is None for name in [*extras, f"{job_id}.json"]):
+        return None
+    return done
+
+
+def publish_catalogue(outdir: Path, store: str | None, job_ids: list[str]) -> None:
+    """predict-many's ``catalogue.json`` (the results' ItemCollection) in OUTDIR, and with the
+    report uploaded to the store when there is one."""
+    from .catalogue import write_collection
+
+    catalogue = write_collection(outdir, store, job_ids)
+    if store:
+        for path in (outdir / "report.json", catalogue):
+            upload(path, join(store, path.name))
+
+
+__all__ = ["MULTIPART_BYTES", "abort_parts", "get_text", "head", "is_store", "join", "local_dir", "publish", "publish_catalogue", "publish_job", "scene_output", "stored_output", "siblings", "staged",
            "upload"]
