@@ -6,13 +6,14 @@ python benchmarks/remote.py [--size 1024] [--reps 3] [--delays 0,20] [--out benc
 The scene is the demo's two-date Sentinel-2 STAC layout (one tiled deflate GeoTIFF per band, the
 20 m bands at 20 m, a STAC Item per date). nginx serves it on 127.0.0.1 behind ``DelayProxy``
 (an asyncio TCP proxy that holds every request the given milliseconds; ``tc netem`` is not
-available on these machines). Runs alternate (local, then each delay) so machine drift hits all
+available on these machines); at 0 ms the scene is read from nginx directly. Runs alternate (local, then each delay) so machine drift hits all
 alike; the medians are compared: ratio = local seconds / remote seconds (1.0: latency fully
 hidden). Bytes fetched are nginx's ``$bytes_sent`` of one remote run (headers included); bytes
 needed are the band files' sizes (the whole scene is read, every block once at least).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import statistics
 import sys
@@ -67,9 +68,10 @@ def main(size: Annotated[int, typer.Option(help="Scene side in pixels.")] = 1024
             timed(local_dates, "warm")  # the engine's first batches, the page cache
             for rep in range(reps):
                 seconds["local"].append(timed(local_dates, "local"))
-                for d in ms:
-                    with DelayProxy(port, d / 1000) as proxy:
-                        dates = [f"http://127.0.0.1:{proxy.port}/date{t + 1}/item.json" for t in range(profile.t_in)]
+                for d in ms:  # 0 ms: nginx itself, no proxy in the way
+                    with DelayProxy(port, d / 1000) if d else contextlib.nullcontext() as proxy:
+                        url = f"http://127.0.0.1:{proxy.port if d else port}"
+                        dates = [f"{url}/date{t + 1}/item.json" for t in range(profile.t_in)]
                         before = len(access_log(log))
                         seconds[f"http_{d}ms"].append(timed(dates, f"http_{d}"))
                         rows = access_log(log)[before:]

@@ -4,7 +4,8 @@ A strip of a remote scene is many small range requests (one file per band and da
 after another, their round trips add up. ``read_ahead`` wraps a scene's date readers so that the
 strips ahead of the engine (``DEPTH`` of them) are read by a pool of threads, every band file of
 every date in parallel, each thread on dataset handles of its own (a GDAL dataset serves one
-thread at a time; the downloaded ranges are shared through GDAL's per-file cache). The wrapped
+thread at a time; the downloaded ranges are shared through GDAL's per-file cache). One file's
+strips are read in order: neighbouring strips share a block row, fetched once that way. The wrapped
 readers hand the strips out through ``read_into`` as the originals would, so the scene runner is
 unchanged. Local scenes are returned as they are: their reads take no round trips.
 
@@ -50,6 +51,7 @@ class ReadAhead:
         self.stacks: list[contextlib.ExitStack] = []
         self.lock = threading.Lock()
         self.submitted = 0
+        self.last: dict[tuple[int, int | None], Future] = {}  # the latest read of each (date, file)
         # (strip, date) -> (buffer, futures of the band groups' and quality band's validity)
         self.pending: dict[tuple[int, int], tuple[np.ndarray, list[Future]]] = {}
 
@@ -74,7 +76,10 @@ class ReadAhead:
             readers[t] = self.readers[t].reopen(stack)
         return readers[t]
 
-    def _read(self, t: int, i: int, group: int | None, out: np.ndarray) -> np.ndarray:
+    def _read(self, t: int, i: int, group: int | None, out: np.ndarray, previous: Future | None) -> np.ndarray:
+        if previous is not None:  # the strip before shares a block row: once it is in GDAL's cache, not fetched twice
+            with contextlib.suppress(Exception):
+                previous.result()
         with gdal_env():  # GDAL's options are per thread
             reader = self._own(t)
             window = self.windows[i]
@@ -87,7 +92,9 @@ class ReadAhead:
                 for t, r in enumerate(self.readers):
                     out = np.empty((r.profile.c_in, int(w.height), int(w.width)), dtype)
                     groups: list[int | None] = list(range(len(r.groups))) + ([None] if r.quality is not None else [])
-                    self.pending[(i, t)] = (out, [self.pool.submit(self._read, t, i, g, out) for g in groups])
+                    futures = [self.pool.submit(self._read, t, i, g, out, self.last.get((t, g))) for g in groups]
+                    self.last.update({(t, g): f for g, f in zip(groups, futures)})
+                    self.pending[(i, t)] = (out, futures)
                 self.submitted += 1
 
     def strip(self, t: int, window, dtype) -> tuple[np.ndarray, np.ndarray]:
