@@ -166,9 +166,9 @@ def _remote_failure(detail: str, path: str) -> SceneError:
 def resolve_date(path: str | Path, profile: Profile) -> DateInput:
     if is_remote(path):
         url = as_url(path)
-        if url.split("?")[0].lower().endswith(".json"):
-            return _from_stac(url, profile)
-        return _from_multiband(url, profile)
+        if url.split("?")[0].lower().endswith(RASTER_SUFFIXES):
+            return _from_multiband(url, profile)
+        return _from_stac(url, profile)  # .json, or a catalogue's item URL (``…/items/ID``)
     path = Path(path)
     if not path.exists():
         raise SceneError(f"input not found: {path}")
