@@ -2,10 +2,10 @@
 
 A strip of a remote scene is many small range requests (one file per band and date); read one
 after another, their round trips add up. ``read_ahead`` wraps a scene's date readers so that the
-strips ahead of the engine (``DEPTH`` of them) are read by a pool of threads, every band file of
-every date in parallel, each thread on dataset handles of its own (a GDAL dataset serves one
-thread at a time; the downloaded ranges are shared through GDAL's per-file cache). One file's
-strips are read in order: neighbouring strips share a block row, fetched once that way. The wrapped
+strips ahead of the engine (``DEPTH`` of them) are read by one thread per band file of every
+date, all in parallel, each on dataset handles of its own (a GDAL dataset serves one thread at a
+time; the downloaded ranges are shared through GDAL's per-file cache). A file's strips are read
+in order by its thread: neighbouring strips share a block row, fetched once that way. The wrapped
 readers hand the strips out through ``read_into`` as the originals would, so the scene runner is
 unchanged. Local scenes are returned as they are: their reads take no round trips.
 
@@ -23,8 +23,7 @@ import numpy as np
 from .remote import gdal_env
 from .scene_inputs import DateReader, Grid
 
-DEPTH = 4          # strips read ahead of the one the engine asks for
-MAX_THREADS = 32   # reads in flight at most
+DEPTH = 4  # strips read ahead of the one the engine asks for
 
 
 def read_ahead(readers: list[DateReader], rows: list[int], tile: int, grid: Grid,
@@ -45,13 +44,14 @@ class ReadAhead:
     def __init__(self, readers: list[DateReader], windows: list, depth: int = DEPTH) -> None:
         self.readers, self.windows, self.depth = readers, windows, depth
         self.index = {int(w.row_off): i for i, w in enumerate(windows)}
-        tasks = sum(len(r.groups) + (r.quality is not None) for r in readers)
-        self.pool = ThreadPoolExecutor(max_workers=min(MAX_THREADS, tasks * depth), thread_name_prefix="stsun-ahead")
+        # one thread per (date, file): its strips in order, on its own handles of that date only
+        self.threads = {(t, g): ThreadPoolExecutor(max_workers=1, thread_name_prefix="stsun-ahead")
+                        for t, r in enumerate(readers)
+                        for g in [*range(len(r.groups)), *([None] if r.quality is not None else [])]}
         self.local = threading.local()
         self.stacks: list[contextlib.ExitStack] = []
         self.lock = threading.Lock()
         self.submitted = 0
-        self.last: dict[tuple[int, int | None], Future] = {}  # the latest read of each (date, file)
         # (strip, date) -> (buffer, futures of the band groups' and quality band's validity)
         self.pending: dict[tuple[int, int], tuple[np.ndarray, list[Future]]] = {}
 
@@ -59,7 +59,8 @@ class ReadAhead:
         return self
 
     def __exit__(self, *exc) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)  # no read may run on a handle being closed
+        for thread in self.threads.values():  # no read may run on a handle being closed
+            thread.shutdown(wait=True, cancel_futures=True)
         for stack in self.stacks:
             stack.close()
 
@@ -76,10 +77,7 @@ class ReadAhead:
             readers[t] = self.readers[t].reopen(stack)
         return readers[t]
 
-    def _read(self, t: int, i: int, group: int | None, out: np.ndarray, previous: Future | None) -> np.ndarray:
-        if previous is not None:  # the strip before shares a block row: once it is in GDAL's cache, not fetched twice
-            with contextlib.suppress(Exception):
-                previous.result()
+    def _read(self, t: int, i: int, group: int | None, out: np.ndarray) -> np.ndarray:
         with gdal_env():  # GDAL's options are per thread
             reader = self._own(t)
             window = self.windows[i]
@@ -92,9 +90,7 @@ class ReadAhead:
                 for t, r in enumerate(self.readers):
                     out = np.empty((r.profile.c_in, int(w.height), int(w.width)), dtype)
                     groups: list[int | None] = list(range(len(r.groups))) + ([None] if r.quality is not None else [])
-                    futures = [self.pool.submit(self._read, t, i, g, out, self.last.get((t, g))) for g in groups]
-                    self.last.update({(t, g): f for g, f in zip(groups, futures)})
-                    self.pending[(i, t)] = (out, futures)
+                    self.pending[(i, t)] = (out, [self.threads[(t, g)].submit(self._read, t, i, g, out) for g in groups])
                 self.submitted += 1
 
     def strip(self, t: int, window, dtype) -> tuple[np.ndarray, np.ndarray]:
