@@ -379,6 +379,7 @@ def predict_many(
     jobs whose map is already done, retrying failures, with a report. Exit 1 if any job failed."""
     from stsun.errors import EngineError
     from stsun.app.manifest import read_manifest
+    from stsun.app.outputs import local_dir
     from stsun.app.many import REPORT_NAME, EngineSpec, RunOptions, predict_many as run
     from stsun.runtime.engine import BuildDir
 
@@ -389,7 +390,7 @@ def predict_many(
     build = BuildDir(engine_dir)
     if profile and load_profile(profile).name != build.profile.name:
         raise EngineError(f"{engine_dir} was built for profile '{build.profile.name}', not '{profile}'")
-    jobs = read_manifest(manifest, build.profile.t_in, outdir / "items", pair_rule, tile_property)
+    jobs = read_manifest(manifest, build.profile.t_in, local_dir(outdir)[0] / "items", pair_rule, tile_property)
     for line in jobs.unpaired:
         errors.print(f"no job for tile {line}", highlight=False, soft_wrap=True)
     report = run(jobs, EngineSpec(str(engine_dir), backend, precision, tuple(url or ()), protocol), outdir,
