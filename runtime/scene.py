@@ -30,6 +30,8 @@ from stsun.display import progress_bar, stretch
 from stsun.errors import SceneError, StsunWarning
 
 from .engine import Engine
+from .readahead import read_ahead
+from .remote import as_url, is_remote
 from .scene_inputs import DateReader, Grid, io_failure, native_grid, resolve_date
 
 ENCODING = """Output bands by task (uint8, or uint16 when a from-to code needs it; nodata 255 / 65535):
@@ -220,8 +222,8 @@ def predict_scene(engine: Engine, dates: list[str | Path], out: str | Path, opti
                          f"got {options.probabilities_encoding!r}")
     p = engine.profile
     out = Path(out)
-    paths = [Path(d) for d in dates]
-    check_output(out, paths)
+    paths = [as_url(d) if is_remote(d) else Path(d) for d in dates]
+    check_output(out, [d for d in paths if isinstance(d, Path)])
     tile = p.tile_size
     overlap = tile // 4 if options.overlap is None else options.overlap
     if not 0 <= overlap < tile:
@@ -241,6 +243,7 @@ def predict_scene(engine: Engine, dates: list[str | Path], out: str | Path, opti
             stack.enter_context(rasterio.Env(GDAL_CACHEMAX=max(256, 3 * block_rows >> 20)))  # MB
             height, width = grid.shape
             rows, cols = tile_starts(height, tile, stride), tile_starts(width, tile, stride)
+            readers = read_ahead(readers, rows, tile, grid, stack)  # remote inputs: strips read ahead, in parallel
             pad_w = max(0, tile - width)  # scenes narrower than a tile (a short one is padded by the strip)
             check_resources(p, grid, out, count, dtype, options, tile, stride, block_rows)
             meta = {"driver": "GTiff", "width": width, "height": height, "count": count, "dtype": dtype,

@@ -6,8 +6,9 @@ A date may be
   name (``B02`` is the profile's ``B2``, ``B8A`` stays ``B8A``), including the Sentinel-2 SAFE
   layout (``GRANULE/*/IMG_DATA/R10m|R20m|R60m``, the finest resolution of each band preferred)
   and Landsat Collection 2 (``*_SR_B<n>.TIF``);
-- a STAC Item JSON with local asset hrefs, matched by asset key, band name or common name, with
-  ``raster:bands`` scale/offset honoured.
+- a STAC Item JSON (a file, or an ``https://``/``s3://`` URL) with local or remote asset hrefs,
+  matched by asset key, band name or common name, with ``raster:bands`` scale/offset honoured;
+- a raster by URL. Remote rasters are read through GDAL's network file systems (``remote.py``).
 The product's quality band (Sentinel-2 ``SCL``, Landsat ``QA_PIXEL``) is found too, for masking.
 
 Sentinel-2 products of processing baseline 04.00 and later store DN + 1000: the DN offset of each
@@ -35,6 +36,8 @@ import numpy as np
 from stsun.errors import SceneError
 from stsun.profiles import Profile
 from stsun.raw import S2_BAND_IDS, scale_into
+
+from .remote import as_url, gdal_env, gdal_path, is_remote, read_text, redact, redact_text
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".jp2")
 # Sentinel-2 scene classes masked on request: no data, saturated/defective, cloud shadow,
@@ -81,12 +84,19 @@ class BandScaling:
 class DateInput:
     """Where one date's bands (in profile order) and its quality band come from."""
 
-    source: Path
+    source: Path | str            # a path, or a URL (redacted: it appears in messages)
     kind: str
     bands: list[BandSource]
     quality: tuple[str, str] | None = None   # (path, "scl" | "qa_pixel")
     baseline: str | None = None   # Sentinel-2 processing baseline ("05.10"), when the product names one
     offset_source: str = ""       # the metadata the bands' dn_offset came from
+    item_id: str | None = None    # a STAC item's id and datetime (for the results catalogue)
+    datetime: str | None = None
+
+    @property
+    def remote(self) -> bool:
+        """Whether any band is read over the network."""
+        return any(is_remote(b.path) for b in self.bands)
 
     @property
     def needs_dn_offset(self) -> bool:
@@ -108,6 +118,8 @@ def io_failure(err: Exception, path: str | Path, writing: bool = False) -> Scene
         chain.append(str(e).strip())
         e = e.__cause__ or e.__context__
     detail = "; ".join(dict.fromkeys(c for c in chain if c))
+    if is_remote(path) and not writing:
+        return _remote_failure(detail, str(path))
     path = Path(path)
     if writing:
         where = path.parent if path.parent.exists() else Path(".")
@@ -136,7 +148,27 @@ def io_failure(err: Exception, path: str | Path, writing: bool = False) -> Scene
     return SceneError(f"{path}: {cause} [{detail}]")
 
 
+def _remote_failure(detail: str, path: str) -> SceneError:
+    """One line naming the URL (redacted) and what the server or the network said."""
+    url = redact(path.removeprefix("/vsicurl/").replace("/vsis3/", "s3://", 1) if path.startswith("/vsi") else path)
+    code = re.search(r"HTTP (?:response )?(?:code|status)[: ]+(\d{3})", detail) or re.search(r"\b([45]\d\d)\b", detail)
+    if code:
+        cause = f"HTTP {code.group(1)}"
+    elif re.search(r"timed? ?out|Timeout", detail, re.I):
+        cause = "timed out (the server did not answer in time)"
+    elif "not recognized as" in detail or "not a supported" in detail:
+        cause = "not a raster GDAL can read, or not reachable"
+    else:
+        cause = "read error"
+    return SceneError(f"{url}: {cause} [{redact_text(detail)[:300]}]")
+
+
 def resolve_date(path: str | Path, profile: Profile) -> DateInput:
+    if is_remote(path):
+        url = as_url(path)
+        if url.split("?")[0].lower().endswith(RASTER_SUFFIXES):
+            return _from_multiband(url, profile)
+        return _from_stac(url, profile)  # .json, or a catalogue's item URL (``…/items/ID``)
     path = Path(path)
     if not path.exists():
         raise SceneError(f"input not found: {path}")
@@ -161,11 +193,13 @@ def band_order(descriptions: tuple[str | None, ...], profile_bands: tuple[str, .
     return list(range(len(profile_bands)))
 
 
-def _from_multiband(path: Path, profile: Profile) -> DateInput:
-    with _open(str(path)) as src:
-        order = band_order(src.descriptions, profile.band_names, str(path))
-    return DateInput(path, "multi-band raster", [BandSource(b, str(path), i + 1)
-                                                 for b, i in zip(profile.band_names, order)])
+def _from_multiband(path: Path | str, profile: Profile) -> DateInput:
+    remote = is_remote(path)
+    opened = gdal_path(str(path)) if remote else str(path)
+    with _open(opened) as src:
+        order = band_order(src.descriptions, profile.band_names, redact(path))
+    return DateInput(redact(path) if remote else path, "multi-band raster",
+                     [BandSource(b, opened, i + 1) for b, i in zip(profile.band_names, order)])
 
 
 def _resolution_dir(path: Path) -> int | None:
@@ -267,11 +301,17 @@ def _finest(current: tuple[Path, str] | None, new: tuple[Path, str]) -> tuple[Pa
     return new if rn < rc else current
 
 
-def _from_stac(path: Path, profile: Profile) -> DateInput:
+def _from_stac(path: Path | str, profile: Profile) -> DateInput:
     import pystac
 
+    remote = is_remote(path)
+    text = read_text(str(path)) if remote else None  # fetched with a timeout; a failure is one line
     try:
-        item = pystac.Item.from_file(str(path))
+        if remote:  # asset hrefs resolve against the item's URL
+            item = pystac.Item.from_dict(json.loads(text), href=str(path))
+            path = redact(path)
+        else:
+            item = pystac.Item.from_file(str(path))
     except (json.JSONDecodeError, KeyError, ValueError, pystac.STACError) as err:
         raise SceneError(f"{path}: not a STAC Item ({err})") from None
     except OSError as err:
@@ -291,8 +331,10 @@ def _from_stac(path: Path, profile: Profile) -> DateInput:
     for key, asset in item.assets.items():
         href = asset.get_absolute_href() or asset.href
         href = href.removeprefix("file://")
-        if "://" in href:
-            continue  # remote assets: this reads local files only
+        if is_remote(href):
+            href = gdal_path(href)
+        elif "://" in href:
+            continue  # a scheme GDAL is not given here (ftp, gs): not an asset this reads
         fields = asset.extra_fields
         bands = fields.get("eo:bands") or fields.get("bands") or [{}]
         raster = fields.get("raster:bands") or [{}]
@@ -318,7 +360,7 @@ def _from_stac(path: Path, profile: Profile) -> DateInput:
                 found.setdefault(k, []).append((rank, BandSource(wanted[k], href, i + 1, scale, offset)))
     missing = [wanted[k] for k in wanted if k not in found]
     if missing:
-        raise SceneError(f"{path}: the STAC item has no local asset for the profile's band(s) {', '.join(missing)} "
+        raise SceneError(f"{path}: the STAC item has no readable asset for the profile's band(s) {', '.join(missing)} "
                          f"(matched by asset key, eo:bands name or common name; assets: {', '.join(item.assets)})")
     chosen = {}
     for k, candidates in found.items():
@@ -328,9 +370,30 @@ def _from_stac(path: Path, profile: Profile) -> DateInput:
             raise SceneError(f"{path}: several assets claim band {wanted[k]} equally ({', '.join(s.path for s in top)})")
         chosen[k] = top[0]
     for s in chosen.values():
-        if not Path(s.path).is_file():
+        if not is_remote(s.path) and not Path(s.path).is_file():
             raise SceneError(f"{path}: asset file {s.path} for band {s.band} not found")
-    return DateInput(path, "STAC item", [chosen[k] for k in wanted], quality, baseline, "STAC raster:bands offset")
+    warm([s.path for s in chosen.values()] + ([quality[0]] if quality else []))
+    when = item.datetime.isoformat() if item.datetime else props.get("start_datetime")
+    return DateInput(path, "STAC item", [chosen[k] for k in wanted], quality, baseline, "STAC raster:bands offset",
+                     item.id, when)
+
+
+def warm(paths: list[str]) -> None:
+    """Open the remote ones of ``paths`` at once: their headers land in GDAL's cache in one round
+    trip rather than one per file, and a missing one fails here, before any compute."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    remote = list(dict.fromkeys(p for p in paths if is_remote(p)))
+    if len(remote) < 2:
+        return
+
+    def touch(path: str) -> None:
+        with gdal_env(), _open(path):
+            pass
+
+    with ThreadPoolExecutor(max_workers=min(16, len(remote)), thread_name_prefix="stsun-open") as pool:
+        for f in [pool.submit(touch, p) for p in remote]:
+            f.result()
 
 
 @dataclass(frozen=True)
@@ -361,6 +424,9 @@ def _open(path: str):
     from rasterio.errors import RasterioIOError
 
     try:
+        if is_remote(path):
+            with gdal_env():
+                return rasterio.open(path)
         return rasterio.open(path)
     except RasterioIOError as err:
         raise io_failure(err, path) from None
@@ -474,6 +540,7 @@ class DateReader:
         from rasterio.vrt import WarpedVRT
 
         self.date, self.profile = date, profile
+        self._opening = (grid, dn_offset, mask_quality)
         self.scaling = [band_scaling(s, profile, dn_offset, date.offset_source) for s in date.bands]
         if dn_offset is None and date.needs_dn_offset:
             raise SceneError(f"{date.source}: Sentinel-2 processing baseline {date.baseline} adds a DN offset "
@@ -517,6 +584,10 @@ class DateReader:
                                                   height=grid.height, resampling=Resampling.nearest))
             self.quality = (q, qkind)
 
+    def reopen(self, stack: contextlib.ExitStack) -> DateReader:
+        """The same reader on handles of its own (GDAL datasets serve one thread at a time)."""
+        return DateReader(self.date, self.profile, self._opening[0], stack, *self._opening[1:])
+
     @property
     def reads_raw(self) -> bool:
         """Whether every band arrives as stored digital numbers of the profile's dtype with the
@@ -540,39 +611,49 @@ class DateReader:
     def read_into(self, window, out: np.ndarray) -> np.ndarray:
         """Write the window's model input into ``out`` (C_in, h, w; or the raw values when ``out`` is
         not float32, for a reader that ``reads_raw``) and return a (h, w) mask, True where every band has data (and the quality band, when masking, does not flag the pixel)."""
+        valid = np.ones(out.shape[1:], bool)
+        for i in range(len(self.groups)):
+            valid &= self.read_group(i, window, out)
+        if self.quality is not None:
+            valid &= self.read_quality(window)
+        return valid
+
+    def read_group(self, i: int, window, out: np.ndarray) -> np.ndarray:
+        """The bands of file ``i`` into their rows of ``out`` (see ``read_into``); their validity."""
         from rasterio.errors import RasterioError
 
-        valid = np.ones(out.shape[1:], bool)
-        for g in self.groups:
-            # integers are read as they are stored: converting and scaling is one numpy pass below
-            try:
-                raw = g.read(window)
-                if g.needs_masks:
-                    valid &= g.valid_from_masks(window)
-            except RasterioError as err:
-                raise io_failure(err, g.sources[0].path) from None
-            if not g.needs_masks and g.nodata is not None:
-                valid &= ~(raw == np.asarray(g.nodata).astype(raw.dtype)).any(axis=0)
-            if np.issubdtype(raw.dtype, np.floating):  # integer data cannot be NaN
-                valid &= np.isfinite(raw).all(axis=0)
-            for band, pos in zip(raw, g.positions):
-                if out.dtype != np.float32:  # raw digital numbers, as stored (see reads_raw)
-                    out[pos] = band
-                else:
-                    b = self.scaling[pos]
-                    scale_into(band, out[pos], b.dn_offset, b.scale, b.offset)
-        if self.quality is not None:
-            q, kind = self.quality
-            try:
-                code = q.read(1, window=window)
-            except RasterioError as err:
-                raise io_failure(err, self.date.quality[0]) from None
-            if kind == "scl":
-                valid &= ~np.isin(code, SCL_MASKED)
+        g = self.groups[i]
+        # integers are read as they are stored: converting and scaling is one numpy pass below
+        try:
+            raw = g.read(window)
+            valid = g.valid_from_masks(window) if g.needs_masks else np.ones(out.shape[1:], bool)
+        except RasterioError as err:
+            raise io_failure(err, g.sources[0].path) from None
+        if not g.needs_masks and g.nodata is not None:
+            valid &= ~(raw == np.asarray(g.nodata).astype(raw.dtype)).any(axis=0)
+        if np.issubdtype(raw.dtype, np.floating):  # integer data cannot be NaN
+            valid &= np.isfinite(raw).all(axis=0)
+        for band, pos in zip(raw, g.positions):
+            if out.dtype != np.float32:  # raw digital numbers, as stored (see reads_raw)
+                out[pos] = band
             else:
-                bits = sum(1 << b for b in QA_PIXEL_MASKED_BITS)
-                valid &= (code.astype(np.int64) & bits) == 0
+                b = self.scaling[pos]
+                scale_into(band, out[pos], b.dn_offset, b.scale, b.offset)
         return valid
+
+    def read_quality(self, window) -> np.ndarray:
+        """Where the quality band (read when masking) does not flag the pixel."""
+        from rasterio.errors import RasterioError
+
+        q, kind = self.quality
+        try:
+            code = q.read(1, window=window)
+        except RasterioError as err:
+            raise io_failure(err, self.date.quality[0]) from None
+        if kind == "scl":
+            return ~np.isin(code, SCL_MASKED)
+        bits = sum(1 << b for b in QA_PIXEL_MASKED_BITS)
+        return (code.astype(np.int64) & bits) == 0
 
 
 __all__ = ["BandScaling", "BandSource", "DateInput", "DateReader", "Grid", "band_key", "band_order", "io_failure", "native_grid",

@@ -295,6 +295,7 @@ def predict(
 ) -> None:
     """Whole-scene inference: tiled, blended and streamed into a Cloud-Optimized GeoTIFF."""
     from stsun.runtime import load_engine
+    from stsun.app.outputs import scene_output
     from stsun.runtime.scene import SceneOptions, predict_scene, preview as write_preview
 
     remote = {"url": url, "protocol": protocol} if backend == "triton" else {}
@@ -302,11 +303,12 @@ def predict(
     if profile:
         check_built_for(build, engine.profile, load_profile(profile))
     summary: dict = {}
-    predict_scene(engine, list(dates), output, SceneOptions(
-        overlap=overlap, align=align, dn_offset=dn_offset, probabilities=probabilities,
-        probabilities_encoding=probabilities_encoding, mask_quality=mask_quality, summary=summary))
-    if preview:
-        write_preview(list(dates), output, preview, engine.profile, dn_offset=dn_offset)
+    with scene_output(output, dates, engine, build) as local:  # s3://: uploaded, with its STAC Item, on success
+        predict_scene(engine, list(dates), local, SceneOptions(
+            overlap=overlap, align=align, dn_offset=dn_offset, probabilities=probabilities,
+            probabilities_encoding=probabilities_encoding, mask_quality=mask_quality, summary=summary))
+        if preview:
+            write_preview(list(dates), local, preview, engine.profile, dn_offset=dn_offset)
     written = [output] + ([output.with_suffix(".probs.tif")] if probabilities else []) + ([preview] if preview else [])
     console.print(f"wrote {', '.join(map(str, written))}", soft_wrap=True)
     for line in summary_lines(summary):
@@ -371,6 +373,7 @@ def predict_many(
     """Many scenes on a Dask cluster: every job of MANIFEST as `stsun predict` would run it, skipping
     jobs whose map is already done, retrying failures, with a report. Exit 1 if any job failed."""
     from stsun.app.manifest import read_manifest
+    from stsun.app.outputs import local_dir
     from stsun.app.many import REPORT_NAME, EngineSpec, RunOptions, predict_many as run
     from stsun.runtime.engine import BuildDir
 
@@ -381,7 +384,7 @@ def predict_many(
     built = BuildDir(build)
     if profile:
         check_built_for(build, built.profile, load_profile(profile))
-    jobs = read_manifest(manifest, built.profile.t_in, output / "items", pair_rule, tile_property)
+    jobs = read_manifest(manifest, built.profile.t_in, local_dir(output)[0] / "items", pair_rule, tile_property)
     for line in jobs.unpaired:
         errors.print(f"no job for tile {line}", highlight=False, soft_wrap=True)
     report = run(jobs, EngineSpec(str(build), backend, precision, tuple(url or ()), protocol), output,

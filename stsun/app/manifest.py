@@ -8,8 +8,8 @@ Three forms, all checked before any cluster starts:
   names) by a time rule: ``consecutive`` (every run of T_in consecutive acquisition days) or one
   ``START/END`` date window per date (the least cloudy item in each window, then the earliest).
 
-A date is anything ``stsun predict`` takes (a raster, a directory of band files, a STAC Item JSON);
-relative paths are relative to the manifest. STAC items become Item files (``write_items``) because
+A date is anything ``stsun predict`` takes (a raster, a directory of band files, a STAC Item JSON,
+a URL of an Item or a raster: ``https://``, ``s3://``); relative paths are relative to the manifest. STAC items become Item files (``write_items``) because
 ``stsun predict`` reads one Item file per date. Ids name the output files, so they must be safe
 file names; STAC item ids and tile ids that are not get a safe name with a short hash of the
 original (``S2A/T1`` and ``S2A:T1`` must not share a file).
@@ -26,6 +26,7 @@ from pathlib import Path
 
 from stsun.atomic import atomic_write
 from stsun.errors import ManifestError
+from stsun.runtime.remote import is_remote
 
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 # Tile id properties, tried in order (Sentinel-2 and Landsat items of the common catalogues).
@@ -99,6 +100,8 @@ def check_jobs(jobs: list[Job], t_in: int, source: Path) -> None:
 
 
 def _resolve(base: Path, date: str) -> str:
+    if is_remote(date):  # a URL (https://, s3://) is read as it is
+        return date
     return str((base / Path(date).expanduser()).resolve())
 
 
@@ -244,7 +247,7 @@ def _item_data(item, source: Path) -> dict:
     data = item.to_dict(include_self_link=False, transform_hrefs=False)
     for asset in data.get("assets", {}).values():
         href = asset.get("href", "")
-        if "://" not in href and not Path(href).is_absolute():
+        if not is_remote(href) and "://" not in href and not Path(href).is_absolute():
             asset["href"] = _resolve(source.parent, href)
     data["links"] = [link for link in data.get("links", []) if link.get("rel") != "self"]
     return data

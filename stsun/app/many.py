@@ -50,6 +50,7 @@ from stsun.classmaps import map_layout
 from stsun.display import progress_bar
 from stsun.errors import ClusterError, EngineError, StsunError
 from stsun.app.manifest import Job, Manifest
+from stsun.app.outputs import local_dir, publish_catalogue, stored_output
 from stsun.profiles import Profile
 from stsun.build_report import REPORT_NAME as BUILD_REPORT
 from stsun.runtime.engine import BuildDir
@@ -242,10 +243,14 @@ def run_job(job: Job, outdir: str, fingerprint: str, options: RunOptions) -> dic
     import rasterio
     from distributed import get_worker
 
+    from stsun.app.catalogue import write_item
+    from stsun.app.outputs import join, local_dir, publish_job
     from stsun.runtime.scene import SceneOptions, predict_scene, preview
+    from stsun.runtime.scene_inputs import resolve_date
 
     loader: EngineLoader = get_worker().plugins[PLUGIN]
-    out, record = output_paths(Path(outdir), job.id)
+    local, store = local_dir(outdir)  # s3://: staged here, published when done
+    out, record = output_paths(local, job.id)
     scene = SceneOptions(overlap=options.overlap, align=options.align, dn_offset=options.dn_offset,
                          mask_quality=options.mask_quality, probabilities=options.probabilities, progress=False)
     start, error, attempt = time.perf_counter(), "", 0
@@ -254,7 +259,7 @@ def run_job(job: Job, outdir: str, fingerprint: str, options: RunOptions) -> dic
             if loader.engine is None:
                 raise EngineError(loader.error or "the engine is not loaded on this worker")
             # what an attempt on a worker that died left (one attempt of a job runs at a time)
-            remove_leftovers(Path(outdir), job.id)
+            remove_leftovers(local, job.id)
             predict_scene(loader.engine, list(job.dates), out, scene)
             profile = loader.engine.profile
             if options.preview:
@@ -268,6 +273,10 @@ def run_job(job: Job, outdir: str, fingerprint: str, options: RunOptions) -> dic
             done = {**entry, "fingerprint": fingerprint, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
                     "finished": now()}
             atomic_write(record, lambda tmp: tmp.write_text(json.dumps(done, indent=1) + "\n"))
+            write_item(out, out.name, [resolve_date(d, profile) for d in job.dates], loader.engine, loader.spec.build_dir)
+            if store:
+                publish_job(out, store)
+                entry["output"] = join(store, out.name)
             return entry
         except Exception as err:  # any failure fails this job only; the message goes to the report
             error = describe(err)
@@ -410,7 +419,7 @@ def predict_many(manifest: Manifest, spec: EngineSpec, outdir: str | Path, optio
 
     options = options or RunOptions()
     started, clock = now(), time.perf_counter()
-    outdir = Path(outdir).resolve()
+    outdir, store = local_dir(outdir)  # s3://bucket/prefix/: staged locally, each map published when done
     build = BuildDir(spec.build_dir)  # a missing or broken build fails here, before any cluster starts
     find_backend(spec.backend, spec.precision)  # an unknown backend or precision fails before any cluster starts
     spec = replace(spec, build_dir=str(Path(spec.build_dir).resolve()))
@@ -421,7 +430,8 @@ def predict_many(manifest: Manifest, spec: EngineSpec, outdir: str | Path, optio
         fingerprints = {job.id: job_fingerprint(job, build_sha256, spec, options) for job in manifest.jobs}
         entries: dict[str, dict] = {}
         for job in manifest.jobs:
-            done = finished_output(outdir, job, fingerprints[job.id], build.profile, options)
+            done = finished_output(outdir, job, fingerprints[job.id], build.profile, options) if store is None else \
+                stored_output(store, job.id, fingerprints[job.id], [p.name for p in extra_outputs(Path(f"{job.id}.tif"), options)])
             entries[job.id] = job_entry(job, "pending") if done is None else job_entry(
                 job, "skipped", tiles=done.get("tiles"), km2=done.get("km2"), output=str(output_paths(outdir, job.id)[0]))
         todo = [job for job in manifest.jobs if entries[job.id]["status"] == "pending"]
@@ -451,7 +461,7 @@ def predict_many(manifest: Manifest, spec: EngineSpec, outdir: str | Path, optio
                 ready = time.perf_counter()
                 report["startup_seconds"] = round(ready - clock, 3)  # reading outputs, cluster start, engine loads
                 run_key = f"predict-{uuid.uuid4().hex[:8]}"  # one task group: a big run queues on the scheduler
-                futures = {client.submit(run_job, job, str(outdir), fingerprints[job.id], options, pure=False,
+                futures = {client.submit(run_job, job, store or str(outdir), fingerprints[job.id], options, pure=False,
                                          key=(run_key, job.id)): job for job in todo}
                 written = time.perf_counter()
                 with progress_bar(total=len(futures), desc="jobs", unit="scene", show=options.progress) as bar:
@@ -469,7 +479,9 @@ def predict_many(manifest: Manifest, spec: EngineSpec, outdir: str | Path, optio
                             write_report(outdir, report, entries, ready)
                             written = time.perf_counter()
                         end = time.perf_counter()  # before the cluster shuts down
-        return write_report(outdir, report, entries, ready, end)
+        report = write_report(outdir, report, entries, ready, end)
+        publish_catalogue(outdir, store, [j["id"] for j in report["jobs"] if j["status"] in ("done", "skipped")])
+        return report
 
 
 def keep_rates(outdir: Path, report: dict) -> None:
