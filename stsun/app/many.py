@@ -139,10 +139,9 @@ def extra_outputs(out: Path, options: RunOptions) -> list[Path]:
 
 
 def scene_tiles(width: int, height: int, tile: int, overlap: int | None) -> int:
-    from stsun.runtime.scene import tile_starts
+    from stsun.tiling import TileGrid
 
-    stride = tile - (tile // 4 if overlap is None else overlap)
-    return len(tile_starts(height, tile, stride)) * len(tile_starts(width, tile, stride))
+    return len(TileGrid(height, width, tile, overlap))
 
 
 def run_job(job: Job, outdir: str, fingerprint: str, options: RunOptions) -> dict:
