@@ -221,7 +221,8 @@ class StripPipeline:
         written.result()
 
 
-def predict_scene(engine: Engine, dates: list[str | Path], out: str | Path, options: SceneOptions | None = None) -> Path:
+def predict_scene(engine: Engine, dates: list[str | Path], out: str | Path,
+                  options: SceneOptions | None = None) -> Path:
     """Run ``engine`` over a whole scene (one input per date) and write a COG map."""
     import rasterio
 

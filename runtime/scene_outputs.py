@@ -121,15 +121,15 @@ class SceneOutputs:
                 "nodata": self.nodata, "crs": grid.crs, "transform": grid.transform, "tiled": True,
                 "blockxsize": COG_BLOCK, "blockysize": COG_BLOCK,
                 "photometric": "MINISBLACK"}  # 3 uint8 bands would otherwise default to RGB
-        self.work = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=out.parent if out.parent.is_dir() else None,
-                                                                         prefix=f".{out.name}.")))
+        self.work = Path(stack.enter_context(tempfile.TemporaryDirectory(
+            dir=out.parent if out.parent.is_dir() else None, prefix=f".{out.name}.")))
         self.map = stack.enter_context(rasterio.open(self.work / "map.tif", "w", **meta))
         self.probs = None
         if probabilities_encoding is not None:
             u8 = probabilities_encoding == "uint8"
-            self.probs = stack.enter_context(rasterio.open(
-                self.work / "probs.tif", "w", **{**meta, "count": p.t_out * p.c_out, "dtype": "uint8" if u8 else "float32",
-                                                 "nodata": 255 if u8 else np.nan}))
+            probs_meta = {**meta, "count": p.t_out * p.c_out, "dtype": "uint8" if u8 else "float32",
+                          "nodata": 255 if u8 else np.nan}
+            self.probs = stack.enter_context(rasterio.open(self.work / "probs.tif", "w", **probs_meta))
         self.tally = Tally(p, count)
 
     def write(self, logits: np.ndarray, valid: np.ndarray, window) -> None:
