@@ -212,12 +212,12 @@ def scene(report: Report, cfg: dict, device: str, work: Path) -> str:
 
     from stsun.model.checkpoint import load_model
     from stsun.runtime.backends.compiled import CompiledEngine
-    from stsun.runtime.scene import tile_starts
+    from stsun.tiling import TileGrid
 
     prof = scd_profile()
     report.save(prepared=wait_prepared(work, "scene"))
     tile = prof.tile_size
-    cols = len(tile_starts(cfg["px"], tile, tile - tile // 4))
+    cols = len(TileGrid(cfg["px"], cfg["px"], tile).cols)  # the scene default overlap
     # every strip then splits into equal batches: one compiled graph, not one per batch size
     batch = max(b for b in range(1, 9) if cols % b == 0)
     engine = CompiledEngine(load_model(None, size=cfg["size"]), prof, max_batch=batch, device=device)

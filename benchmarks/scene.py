@@ -56,13 +56,14 @@ def engine_efficiency(prof, engine, work: Path, size: int, reps: int,
     """``efficiency`` for an engine already made, on the kinds of input named."""
     import numpy as np
 
-    from stsun.runtime.scene import SceneOptions, predict_scene, tile_starts
+    from stsun.runtime.scene import SceneOptions, predict_scene
     from stsun.data.synthetic import synthetic_tiles
+    from stsun.tiling import TileGrid
 
     dates = efficiency_scene(prof, work, size)
     scene = dates[0].parent
     tile = prof.tile_size
-    starts = tile_starts(size, tile, tile - tile // 4)
+    starts = TileGrid(size, size, tile).cols  # the scene default overlap
     step = engine.max_batch or 8
     batch_sizes = [min(step, len(starts) - i) for i in range(0, len(starts), step)] * len(starts)
     x, _ = synthetic_tiles(prof, step, seed=5)

@@ -4,17 +4,17 @@ Inputs per date are whatever ``stsun.runtime.scene_inputs`` resolves (a multi-ba
 directory of band files such as a SAFE or Landsat product, a STAC item). Memory is bounded by
 a few strips of tiles (tile height x scene width: the one being read ahead, the one in the engine,
 the one being written), whatever the scene's height: input is read a strip at a time with
-windowed reads, logits are blended into a rolling accumulator, and finished rows are written as
-soon as no later tile touches them. Reading, inference and writing overlap (a reader and a writer
-thread; rasterio and the engines release the GIL).
+windowed reads, logits are blended into a rolling accumulator (``stsun.runtime.blend``), and
+finished rows are written as soon as no later tile touches them. Reading, inference and writing
+overlap (a reader and a writer thread; rasterio and the engines release the GIL).
 
-Output bands: see ``ENCODING``. The map is written as a tiled GeoTIFF, then copied into a COG
-with overviews made by MODE resampling (a class or change code survives, never an average of codes).
+The parts: the tile grid (``stsun.tiling``), the strip pipeline (``StripPipeline`` here), the
+outputs, their tags and band encoding (``stsun.runtime.scene_outputs``, see ``ENCODING``), the
+PNG overview (``stsun.runtime.preview``).
 """
 from __future__ import annotations
 
 import contextlib
-import json
 import tempfile
 import time
 import warnings
@@ -24,23 +24,17 @@ from pathlib import Path
 
 import numpy as np
 
-from stsun.atomic import atomic_path, atomic_write
-from stsun.classmaps import CHANGE_COLOURS, class_colours, encode_maps, map_layout
-from stsun.display import progress_bar, stretch
+from stsun.classmaps import map_layout
+from stsun.display import progress_bar
 from stsun.errors import SceneError, StsunWarning
+from stsun.tiling import TileGrid, resolve_overlap
 
+from .blend import StripBlender
 from .engine import Engine
 from .readahead import read_ahead
 from .remote import as_url, is_remote
 from .scene_inputs import DateReader, Grid, io_failure, native_grid, resolve_date
-
-ENCODING = """Output bands by task (uint8, or uint16 when a from-to code needs it; nodata 255 / 65535):
-- ss:  1 band, class index (single-class profiles: 1 = the class, 0 = not)
-- bcd: T_out bands, 1 = change between dates t and t+1
-- scd: T_in bands of class index per date, then T_in - 1 from-to change bands with
-       0 = no change, else 1 + from * C_out + to."""
-PROBABILITY_ENCODINGS = ("float32", "uint8")  # uint8: round(p * 254), 255 = nodata, band scale 1/254
-COG_BLOCK = 256  # also the tile size: maps of a few tiles still get overviews
+from .scene_outputs import PROBABILITY_ENCODINGS, SceneOutputs
 
 
 @dataclass
@@ -53,63 +47,7 @@ class SceneOptions:
     mask_quality: bool = False      # the product's quality band (SCL / QA_PIXEL) masks cloud, shadow, no data
     progress: bool = True
     timings: dict | None = None     # if given, filled with seconds per stage (benchmarks/scene.py)
-    summary: dict | None = None     # if given, filled with the map's areas (see ``Tally.summary``)
-
-
-class Tally:
-    """Pixel counts of the map's bands, gathered as its rows are written: per class band the
-    pixels of each class, per change band (bcd, scd from-to) the changed pixels."""
-
-    def __init__(self, p, count: int) -> None:
-        self.p, self.valid, self.total = p, 0, 0
-        self.hist = np.zeros((count, max(p.c_out, 2)), np.int64)
-
-    def add(self, bands: np.ndarray, valid: np.ndarray) -> None:
-        self.valid += int(valid.sum())
-        self.total += valid.size
-        for b, band in enumerate(bands):
-            values = band[valid]
-            if self.p.task == "scd" and b >= self.p.t_out:
-                values = values > 0
-            self.hist[b] += np.bincount(values.ravel().astype(np.int64), minlength=self.hist.shape[1])
-
-    def summary(self) -> dict:
-        """{"km2": area with data, "valid_share", "bands": {band: {class or "changed": share of the
-        area with data}}, "changed_km2": {change band: km2}}."""
-        p = self.p
-        km2 = (p.gsd_m / 1000) ** 2
-        out = {"km2": round(self.valid * km2, 4), "valid_share": round(self.valid / max(self.total, 1), 4),
-               "bands": {}, "changed_km2": {}}
-        for b, hist in enumerate(self.hist):
-            name = band_name(p, b)
-            if p.task == "bcd" or (p.task == "scd" and b >= p.t_out):
-                out["bands"][name] = {"changed": round(hist[1] / max(self.valid, 1), 4)}
-                out["changed_km2"][name] = round(hist[1] * km2, 4)
-            else:
-                labels = p.classes if p.c_out > 1 else (f"not {p.classes[0]}", p.classes[0])
-                out["bands"][name] = {c: round(hist[i] / max(self.valid, 1), 4) for i, c in enumerate(labels)}
-        return out
-
-
-def hann_weights(size: int) -> np.ndarray:
-    """2-D blending weights: high in the tile centre, small but non-zero at its edges."""
-    w = np.sin(np.pi * (np.arange(size) + 0.5) / size) ** 2
-    return np.maximum(np.outer(w, w), 1e-3).astype(np.float32)
-
-
-def tile_starts(length: int, tile: int, stride: int) -> list[int]:
-    """Tile origins covering [0, length): regular steps, the last one flush with the end."""
-    if length <= tile:
-        return [0]
-    starts = list(range(0, length - tile, stride))
-    return starts + [length - tile]
-
-
-def probabilities(logits: np.ndarray) -> np.ndarray:
-    if logits.shape[1] == 1:
-        return 1 / (1 + np.exp(-logits))
-    e = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
+    summary: dict | None = None     # if given, filled with the map's areas (see ``scene_outputs.Tally.summary``)
 
 
 def check_output(out: Path, dates: list[Path]) -> None:
@@ -211,10 +149,83 @@ def _overlaps(a: Grid, b: Grid) -> bool:
     return w < be and e > bw and s < bn and n > bs
 
 
-def predict_scene(engine: Engine, dates: list[str | Path], out: str | Path, options: SceneOptions | None = None) -> Path:
+def gdal_block_rows(readers: list[DateReader]) -> int:
+    """Bytes of one block row of every input (every band group of every date)."""
+    return sum(g.src.width * g.src.block_shapes[0][0] * len(g.indexes) * np.dtype(g.src.dtypes[0]).itemsize
+               for r in readers for g in r.groups)
+
+
+class StripPipeline:
+    """One pass over a scene, a strip of tiles at a time, in three overlapping stages: the reader
+    thread reads strip i+1 (``read``), the calling thread runs the engine on strip i (``infer``),
+    the writer thread blends and writes strip i-1 (``blend_and_write``; it alone touches the
+    blender)."""
+
+    def __init__(self, engine: Engine, readers: list[DateReader], tiles: TileGrid, shape: tuple[int, int],
+                 outputs: SceneOutputs, bar, clock: Stopwatch, stack: contextlib.ExitStack) -> None:
+        p = self.p = engine.profile
+        self.engine, self.readers, self.tiles, self.outputs, self.bar, self.clock = \
+            engine, readers, tiles, outputs, bar, clock
+        self.height, self.width = shape
+        self.pad_w = max(0, tiles.tile - self.width)  # scenes narrower than a tile (a short one is padded by the strip)
+        self.blender = StripBlender(p.t_out, p.c_out, tiles.tile, self.width + self.pad_w)
+        # Raw digital numbers travel when the engine serves them and they give the same model input
+        self.raw = engine.serves_raw and p.nodata is not None and all(r.reads_raw for r in readers)
+        self.reader = stack.enter_context(ThreadPoolExecutor(max_workers=1, thread_name_prefix="stsun-read"))
+        self.writer = stack.enter_context(ThreadPoolExecutor(max_workers=1, thread_name_prefix="stsun-write"))
+
+    def read(self, y0: int) -> tuple[np.ndarray, np.ndarray]:
+        """The inputs of the strip of tiles whose top row is scene row ``y0``, and where they are valid."""
+        with self.clock("read (reader thread)"):
+            return read_strip(self.readers, self.p, y0, self.tiles.tile, self.width, self.height, self.pad_w, self.raw)
+
+    def infer(self, strip: np.ndarray, valid: np.ndarray) -> tuple[list[list[int]], list[np.ndarray]]:
+        """The engine's logits for the strip's tiles that hold data, in batches: (tile columns per
+        batch, logits per batch)."""
+        tile = self.tiles.tile
+        todo = [x0 for x0 in self.tiles.cols if valid[:, x0:x0 + tile].any()]
+        step = self.engine.max_batch or 8
+        chunks = [todo[i:i + step] for i in range(0, len(todo), step)]
+        batches = [np.stack([strip[:, :, :, x0:x0 + tile] for x0 in chunk]) for chunk in chunks]
+        with self.clock("engine"):
+            return chunks, (self.engine.run_many_raw if self.raw else self.engine.run_many)(batches)
+
+    def blend_and_write(self, ri: int, chunks: list[list[int]], results: list[np.ndarray], valid: np.ndarray) -> None:
+        """Blend strip ``ri``'s logits and write the rows no later strip touches."""
+        from rasterio.windows import Window
+
+        rows, y0 = self.tiles.rows, self.tiles.rows[ri]
+        with self.clock("blend, encode and write (writer thread)"):
+            self.blender.start_strip(y0)
+            for chunk, logits in zip(chunks, results):
+                self.blender.add(chunk, logits)
+                self.bar.update(len(chunk))
+            self.bar.update(len(self.tiles.cols) - sum(map(len, chunks)))  # tiles with no data: skipped
+            n = (rows[ri + 1] if ri + 1 < len(rows) else self.height) - y0  # rows no later tile touches
+            self.outputs.write(self.blender.blended(n, self.width), valid[:n, :self.width],
+                               Window(0, y0, self.width, n))
+
+    def run(self) -> None:
+        rows = self.tiles.rows
+        pending = self.reader.submit(self.read, rows[0])
+        written = None
+        for ri in range(len(rows)):
+            with self.clock("waiting for reads"):
+                strip, valid = pending.result()
+            if ri + 1 < len(rows):  # read the next strip while the engine works on this one
+                pending = self.reader.submit(self.read, rows[ri + 1])
+            chunks, results = self.infer(strip, valid)
+            with self.clock("waiting for writes"):
+                if written is not None:
+                    written.result()  # one strip in flight at most: bounded memory, errors surface here
+            written = self.writer.submit(self.blend_and_write, ri, chunks, results, valid)
+        written.result()
+
+
+def predict_scene(engine: Engine, dates: list[str | Path], out: str | Path,
+                  options: SceneOptions | None = None) -> Path:
     """Run ``engine`` over a whole scene (one input per date) and write a COG map."""
     import rasterio
-    from rasterio.windows import Window
 
     options = options or SceneOptions()
     if options.probabilities_encoding not in PROBABILITY_ENCODINGS:
@@ -224,13 +235,11 @@ def predict_scene(engine: Engine, dates: list[str | Path], out: str | Path, opti
     out = Path(out)
     paths = [as_url(d) if is_remote(d) else Path(d) for d in dates]
     check_output(out, [d for d in paths if isinstance(d, Path)])
-    tile = p.tile_size
-    overlap = tile // 4 if options.overlap is None else options.overlap
-    if not 0 <= overlap < tile:
-        raise SceneError(f"overlap must be in [0, {tile}), got {overlap}")
-    stride = tile - overlap
-    weights = hann_weights(tile)
-    count, dtype, nodata = map_layout(p.task, p.t_out, p.c_out)
+    try:
+        overlap = resolve_overlap(p.tile_size, options.overlap)
+    except ValueError as err:
+        raise SceneError(str(err)) from None
+    count, dtype, _ = map_layout(p.task, p.t_out, p.c_out)
     clock = Stopwatch()
     try:
         with contextlib.ExitStack() as stack:
@@ -238,114 +247,26 @@ def predict_scene(engine: Engine, dates: list[str | Path], out: str | Path, opti
             # GDAL's block cache defaults to 5 % of RAM and would fill with input blocks, so memory would
             # grow with the scene's height. Strips overlap and span two block rows: three block rows of
             # every input keep each block decoded once; the floor leaves room for the output's blocks.
-            block_rows = sum(g.src.width * g.src.block_shapes[0][0] * len(g.indexes) * np.dtype(g.src.dtypes[0]).itemsize
-                             for r in readers for g in r.groups)
+            block_rows = gdal_block_rows(readers)
             stack.enter_context(rasterio.Env(GDAL_CACHEMAX=max(256, 3 * block_rows >> 20)))  # MB
-            height, width = grid.shape
-            rows, cols = tile_starts(height, tile, stride), tile_starts(width, tile, stride)
-            readers = read_ahead(readers, rows, tile, grid, stack)  # remote inputs: strips read ahead, in parallel
-            pad_w = max(0, tile - width)  # scenes narrower than a tile (a short one is padded by the strip)
-            check_resources(p, grid, out, count, dtype, options, tile, stride, block_rows)
-            meta = {"driver": "GTiff", "width": width, "height": height, "count": count, "dtype": dtype,
-                    "nodata": nodata, "crs": grid.crs, "transform": grid.transform, "tiled": True,
-                    "blockxsize": COG_BLOCK, "blockysize": COG_BLOCK,
-                    "photometric": "MINISBLACK"}  # 3 uint8 bands would otherwise default to RGB
-            work = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=out.parent if out.parent.is_dir() else None,
-                                                                        prefix=f".{out.name}.")))
-            dst = stack.enter_context(rasterio.open(work / "map.tif", "w", **meta))
-            probs_dst = None
-            if options.probabilities:
-                u8 = options.probabilities_encoding == "uint8"
-                probs_dst = stack.enter_context(rasterio.open(
-                    work / "probs.tif", "w", **{**meta, "count": p.t_out * p.c_out, "dtype": "uint8" if u8 else "float32",
-                                                "nodata": 255 if u8 else np.nan}))
+            tiles = TileGrid(*grid.shape, p.tile_size, overlap)
+            readers = read_ahead(readers, tiles.rows, tiles.tile, grid, stack)  # remote: strips read ahead, in parallel
+            check_resources(p, grid, out, count, dtype, options, tiles.tile, tiles.stride, block_rows)
+            outputs = SceneOutputs(out, p, grid, options.probabilities_encoding if options.probabilities else None,
+                                   stack)
             # closed on the way out too, so an error message starts on a line of its own
-            bar = stack.enter_context(progress_bar(total=len(rows) * len(cols), desc=f"{p.name} tiles", unit="tile",
+            bar = stack.enter_context(progress_bar(total=len(tiles), desc=f"{p.name} tiles", unit="tile",
                                                    show=options.progress))
-            tally = Tally(p, count)
-            acc = np.zeros((p.t_out, p.c_out, tile, width + pad_w), np.float32)
-            wsum = np.zeros((tile, width + pad_w), np.float32)
-            acc_top = 0  # scene row held by accumulator row 0
-            # Three stages overlap: the reader thread reads strip i+1, this thread runs the engine on
-            # strip i, the writer thread blends and writes strip i-1 (it alone touches the accumulator).
-            reader = stack.enter_context(ThreadPoolExecutor(max_workers=1, thread_name_prefix="stsun-read"))
-            writer = stack.enter_context(ThreadPoolExecutor(max_workers=1, thread_name_prefix="stsun-write"))
-
-            # Raw digital numbers travel when the engine serves them and they give the same model input
-            raw = engine.serves_raw and p.nodata is not None and all(r.reads_raw for r in readers)
-
-            def read(y: int) -> tuple[np.ndarray, np.ndarray]:
-                with clock("read (reader thread)"):
-                    return read_strip(readers, p, y, tile, width, height, pad_w, raw)
-
-            def consume(ri: int, y0: int, chunks: list[list[int]], results: list[np.ndarray],
-                        valid: np.ndarray) -> None:
-                nonlocal acc_top
-                with clock("blend, encode and write (writer thread)"):
-                    shift = y0 - acc_top
-                    if shift:  # rows above y0 are final: roll the accumulator up
-                        acc[:, :, :-shift], acc[:, :, -shift:] = acc[:, :, shift:].copy(), 0
-                        wsum[:-shift], wsum[-shift:] = wsum[shift:].copy(), 0
-                        acc_top = y0
-                    for chunk, logits in zip(chunks, results):
-                        for x0, lg in zip(chunk, logits):
-                            acc[:, :, :tile, x0:x0 + tile] += lg * weights
-                            wsum[:tile, x0:x0 + tile] += weights
-                        bar.update(len(chunk))
-                    bar.update(len(cols) - sum(map(len, chunks)))  # tiles with no data: skipped
-                    n = (rows[ri + 1] if ri + 1 < len(rows) else height) - y0  # rows no later tile touches
-                    write_rows(dst, probs_dst, acc[:, :, :n, :width], wsum[:n, :width], valid[:n, :width],
-                               p, nodata, Window(0, y0, width, n), tally)
-
-            pending = reader.submit(read, rows[0])
-            written = None
-            for ri, y0 in enumerate(rows):
-                with clock("waiting for reads"):
-                    strip, valid = pending.result()
-                if ri + 1 < len(rows):  # read the next strip while the engine works on this one
-                    pending = reader.submit(read, rows[ri + 1])
-                todo = [x0 for x0 in cols if valid[:, x0:x0 + tile].any()]
-                step = engine.max_batch or 8
-                chunks = [todo[i:i + step] for i in range(0, len(todo), step)]
-                batches = [np.stack([strip[:, :, :, x0:x0 + tile] for x0 in chunk]) for chunk in chunks]
-                with clock("engine"):
-                    results = (engine.run_many_raw if raw else engine.run_many)(batches)
-                with clock("waiting for writes"):
-                    if written is not None:
-                        written.result()  # one strip in flight at most: bounded memory, errors surface here
-                written = writer.submit(consume, ri, y0, chunks, results, valid)
-            written.result()
-            dst.update_tags(profile=p.name, task=p.task, classes=",".join(p.classes), backend=engine.backend,
-                            encoding=ENCODING, dn_offset=json.dumps([r.dn_offsets() for r in readers]))
-            colours = CHANGE_COLOURS if p.task == "bcd" else class_colours(p.c_out)
-            # TIFF palettes exist for single-band images only; every map also carries its colours as a tag
-            dst.update_tags(colormap=json.dumps({i: c for i, c in enumerate(colours)}))
-            if count == 1:
-                dst.write_colormap(1, {i: (*c, 255) for i, c in enumerate(colours)})
-            for b in range(count):
-                dst.set_band_description(b + 1, band_name(p, b))
-            dst.close()
-            if probs_dst is not None:
-                for b in range(p.t_out * p.c_out):
-                    probs_dst.set_band_description(b + 1, f"p_date{b // p.c_out + 1}_{p.classes[b % p.c_out]}")
-                if options.probabilities_encoding == "uint8":
-                    probs_dst.scales = [1 / 254] * (p.t_out * p.c_out)
-                probs_dst.update_tags(profile=p.name, task=p.task, classes=",".join(p.classes), backend=engine.backend,
-                                      encoding=f"band p_dateT_CLASS: the probability of CLASS on date T "
-                                               f"({options.probabilities_encoding}"
-                                               f"{': round(p * 254), 255 = nodata' if u8 else ', NaN = nodata'})")
-                probs_dst.close()
-            with clock("COG copy"), contextlib.ExitStack() as placed:  # both made before either is in place
-                to_cog(work / "map.tif", placed.enter_context(atomic_path(out, suffix=".tmp.tif")), "MODE")
-                if probs_dst is not None:
-                    probs_out = placed.enter_context(atomic_path(out.with_suffix(".probs.tif"), suffix=".tmp.tif"))
-                    to_cog(work / "probs.tif", probs_out, "AVERAGE")
+            StripPipeline(engine, readers, tiles, grid.shape, outputs, bar, clock, stack).run()
+            outputs.finish(engine.backend, [r.dn_offsets() for r in readers])
+            with clock("COG copy"):
+                outputs.place(out)
     except OSError as err:  # reads already became SceneErrors naming their file: this is the output
         raise io_failure(err, out, writing=True) from None
     if options.timings is not None:
         options.timings.update(clock.seconds)
     if options.summary is not None:
-        options.summary.update(tally.summary())
+        options.summary.update(outputs.tally.summary())
     return out
 
 
@@ -362,26 +283,6 @@ class Stopwatch:
             yield
         finally:
             self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
-
-
-def to_cog(src: Path, out: Path, overview_resampling: str) -> None:
-    """Copy a finished GeoTIFF into a Cloud-Optimized GeoTIFF at ``out``. The copy is also what
-    keeps the file compact: blocks that strip-wise writing rewrote are not carried over."""
-    import rasterio.shutil
-
-    try:
-        rasterio.shutil.copy(src, out, driver="COG", COMPRESS="DEFLATE", PREDICTOR="YES", BLOCKSIZE=COG_BLOCK,
-                             OVERVIEW_RESAMPLING=overview_resampling, NUM_THREADS="ALL_CPUS")
-    except Exception as err:  # GDAL's error classes (rasterio._err) are not public: any failure here is I/O
-        raise OSError(f"making the COG {out.name} failed: {err}") from err
-
-
-def band_name(p, b: int) -> str:
-    if p.task == "ss":
-        return "class"
-    if p.task == "bcd":
-        return f"change_date{b + 1}_to_date{b + 2}"
-    return f"class_date{b + 1}" if b < p.t_out else f"fromto_date{b - p.t_out + 1}_to_date{b - p.t_out + 2}"
 
 
 def read_strip(readers: list[DateReader], p, y0: int, tile: int, width: int, height: int,
@@ -403,78 +304,3 @@ def read_strip(readers: list[DateReader], p, y0: int, tile: int, width: int, hei
     return strip, valid
 
 
-def write_rows(dst, probs_dst, acc: np.ndarray, wsum: np.ndarray, valid: np.ndarray, p, nodata: int, window,
-               tally: Tally | None = None) -> None:
-    logits = acc / np.maximum(wsum, 1e-12)[None, None]  # pixels no tile covered are nodata anyway
-    bands = encode_maps(logits[None], p.task, p.c_out)[0]
-    if tally is not None:
-        tally.add(bands, valid)
-    bands[:, ~valid] = nodata
-    dst.write(bands.astype(dst.dtypes[0]), window=window)
-    if probs_dst is not None:
-        probs = probabilities(logits).reshape(-1, *logits.shape[-2:])
-        if probs_dst.dtypes[0] == "uint8":
-            probs = np.round(probs * 254)
-            probs[:, ~valid] = 255
-        else:
-            probs[:, ~valid] = np.nan
-        probs_dst.write(probs.astype(probs_dst.dtypes[0]), window=window)
-
-
-def preview(dates: list[str | Path], prediction: str | Path, path: str | Path, profile, max_px: int = 1024,
-            dn_offset: float | None = None) -> Path:
-    """A PNG overview: each date's RGB (the profile's ``rgb_bands``, when it names them), the
-    predicted maps and, for SCD, the from-to change. Reads are decimated to ``max_px``."""
-    try:
-        import matplotlib
-    except ImportError:
-        raise SceneError("--preview needs matplotlib: pip install 'stsun[bench]'") from None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import rasterio
-    import rasterio.windows
-    from matplotlib.colors import ListedColormap
-
-    with rasterio.open(prediction) as src:
-        scale = max(1, -(-max(src.shape) // max_px))
-        shape = (src.height // scale, src.width // scale)
-        bands = src.read(out_shape=(src.count, *shape), resampling=rasterio.enums.Resampling.nearest)
-        nodata = src.nodata
-    panels = []
-    if profile.rgb_bands:
-        from affine import Affine
-
-        with contextlib.ExitStack() as stack:
-            full = native_grid(resolve_date(dates[0], profile), profile)
-            small = Grid(full.crs, full.transform * Affine.scale(full.width / shape[1], full.height / shape[0]),
-                         shape[1], shape[0])
-            for t, d in enumerate(dates):
-                x, valid = DateReader(resolve_date(d, profile), profile, small, stack, dn_offset).read(
-                    rasterio.windows.Window(0, 0, shape[1], shape[0]))
-                rgb = x[[profile.band_names.index(b) for b in profile.rgb_bands]]
-                panels.append((f"date {t + 1}: RGB", stretch(rgb, valid), None))
-    n_maps = profile.t_out
-    classes_cmap = ListedColormap([np.array(c) / 255 for c in class_colours(profile.c_out)])
-    change_cmap = ListedColormap([np.array(c) / 255 for c in CHANGE_COLOURS])
-    for b in range(n_maps):
-        title = band_name(profile, b).replace("_", " ")
-        cmap = change_cmap if profile.task == "bcd" else classes_cmap
-        panels.append((title, np.ma.masked_equal(bands[b], nodata), cmap))
-    if profile.task == "scd":
-        for b in range(n_maps, len(bands)):
-            changed = np.ma.masked_where(bands[b] == nodata, (bands[b] > 0).astype(np.uint8))
-            panels.append((band_name(profile, b).replace("_", " ") + " (changed)", changed, change_cmap))
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.6))
-    for ax, (title, img, cmap) in zip(np.atleast_1d(axes), panels):
-        kwargs = {} if cmap is None else {"cmap": cmap, "vmin": 0, "vmax": cmap.N - 1, "interpolation": "nearest"}
-        ax.imshow(img, **kwargs)
-        ax.set_title(title, fontsize=9)
-        ax.axis("off")
-    if profile.task != "bcd":
-        handles = [plt.Rectangle((0, 0), 1, 1, color=classes_cmap(i)) for i in range(profile.c_out)]
-        fig.legend(handles, profile.classes, loc="lower center", ncol=min(6, profile.c_out), frameon=False, fontsize=8)
-    fig.tight_layout(rect=(0, 0.08, 1, 0.97))
-    path = Path(path)
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=80))
-    plt.close(fig)
-    return path

@@ -63,7 +63,8 @@ def test_scene_through_the_server_matches_local(served, tmp_path):
     from typer.testing import CliRunner
 
     from stsun.app.cli import app
-    from stsun.runtime.scene import SceneOptions, predict_scene, tile_starts
+    from stsun.runtime.scene import SceneOptions, predict_scene
+    from stsun.tiling import tile_starts
     from stsun.data.synthetic import write_scene
 
     build_dir, server = served

@@ -296,7 +296,8 @@ def predict(
     """Whole-scene inference: tiled, blended and streamed into a Cloud-Optimized GeoTIFF."""
     from stsun.runtime import load_engine
     from stsun.app.outputs import scene_output
-    from stsun.runtime.scene import SceneOptions, predict_scene, preview as write_preview
+    from stsun.runtime.preview import preview as write_preview
+    from stsun.runtime.scene import SceneOptions, predict_scene
 
     remote = {"url": url, "protocol": protocol} if backend == "triton" else {}
     engine = load_engine(build, backend=backend, precision=precision, **remote)

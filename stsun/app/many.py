@@ -232,10 +232,9 @@ def extra_outputs(out: Path, options: RunOptions) -> list[Path]:
 
 
 def scene_tiles(width: int, height: int, tile: int, overlap: int | None) -> int:
-    from stsun.runtime.scene import tile_starts
+    from stsun.tiling import TileGrid
 
-    stride = tile - (tile // 4 if overlap is None else overlap)
-    return len(tile_starts(height, tile, stride)) * len(tile_starts(width, tile, stride))
+    return len(TileGrid(height, width, tile, overlap))
 
 
 def run_job(job: Job, outdir: str, fingerprint: str, options: RunOptions) -> dict:
@@ -245,7 +244,8 @@ def run_job(job: Job, outdir: str, fingerprint: str, options: RunOptions) -> dic
 
     from stsun.app.catalogue import write_item
     from stsun.app.outputs import join, local_dir, publish_job
-    from stsun.runtime.scene import SceneOptions, predict_scene, preview
+    from stsun.runtime.preview import preview
+    from stsun.runtime.scene import SceneOptions, predict_scene
     from stsun.runtime.scene_inputs import resolve_date
 
     loader: EngineLoader = get_worker().plugins[PLUGIN]

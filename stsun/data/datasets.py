@@ -39,6 +39,7 @@ import numpy as np
 from stsun.errors import DatasetError
 from stsun.profiles import IGNORE_COLOUR, NO_CHANGE_COLOUR, Profile
 from stsun.data.targets import change_targets
+from stsun.tiling import TileGrid
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
 IGNORE = -1         # target: not scored, no loss
@@ -495,13 +496,6 @@ def random_crops(dataset: UserDataset, regions: list[Region], batch: int, rng: n
     return np.stack(xs), np.stack(ts)
 
 
-def _starts(n: int, tile: int) -> list[int]:
-    """Tile starts covering 0..n, the last one shifted inward (0 alone when n <= tile)."""
-    if n <= tile:
-        return [0]
-    return list(range(0, n - tile, tile)) + [n - tile]
-
-
 def grid_tiles(dataset: UserDataset, regions: list[Region]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Evaluation tiles (x (T_in, C_in, tile, tile), target (T_out, tile, tile)) covering each
     region once: where a shifted edge tile overlaps its neighbour, and on padding, the target
@@ -509,7 +503,8 @@ def grid_tiles(dataset: UserDataset, regions: list[Region]) -> Iterator[tuple[np
     tile = dataset.profile.tile_size
     for r in regions:
         w = r.sample.width
-        rows, cols = _starts(r.height, tile), _starts(w, tile)
+        grid = TileGrid(r.height, w, tile, overlap=0)
+        rows, cols = grid.rows, grid.cols
         for i, row in enumerate(rows):
             h = min(tile, r.height - row)
             x, target = dataset.read(r.sample, (r.rows[0] + row, 0, h, w))
@@ -524,7 +519,7 @@ def grid_tiles(dataset: UserDataset, regions: list[Region]) -> Iterator[tuple[np
 
 def grid_tile_count(dataset: UserDataset, regions: list[Region]) -> int:
     tile = dataset.profile.tile_size
-    return sum(len(_starts(r.height, tile)) * len(_starts(r.sample.width, tile)) for r in regions)
+    return sum(len(TileGrid(r.height, r.sample.width, tile, overlap=0)) for r in regions)
 
 
 __all__ = ["CHANGE_PAIRS", "FOLDER_LAYOUTS", "IGNORE", "NO_CHANGE", "SEGMENTATION", "SEMANTIC_CHANGE_PAIRS", "STACKS",
