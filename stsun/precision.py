@@ -8,14 +8,16 @@ entry here plus the code that produces or runs it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
 class Precision:
     name: str
-    torch_dtype: torch.dtype | None  # None: a quantised format, not a torch compute dtype
+    dtype: str | None                # torch's name for the compute dtype; None: a quantised format
     min_argmax_agreement: float      # fidelity gate against the eager fp32 model
     max_abs_err: float | None        # ... and on the logits, where the precision can hold one
     onnx: bool                       # a build can write model.<name>.onnx
@@ -26,15 +28,22 @@ class Precision:
     note: str = ""
 
     @property
+    def torch_dtype(self) -> torch.dtype | None:
+        """The torch dtype (imports torch: the runtime install has none, and only the build uses it)."""
+        import torch
+
+        return getattr(torch, self.dtype) if self.dtype else None
+
+    @property
     def gate(self) -> dict:
         return {"min_argmax_agreement": self.min_argmax_agreement, "max_abs_err": self.max_abs_err}
 
 
 PRECISIONS: dict[str, Precision] = {p.name: p for p in (
-    Precision("fp32", torch.float32, 0.9999, 1e-3, onnx=True, kernel=True),
-    Precision("fp16", torch.float16, 0.99, None, onnx=True, kernel=True, max_metric_drop=0.5,
+    Precision("fp32", "float32", 0.9999, 1e-3, onnx=True, kernel=True),
+    Precision("fp16", "float16", 0.99, None, onnx=True, kernel=True, max_metric_drop=0.5,
               note="normalisations and softmax stay fp32 in the ONNX"),
-    Precision("bf16", torch.bfloat16, 0.99, None, onnx=False, kernel=True, max_metric_drop=0.5, note="compiled backend on a GPU"),
+    Precision("bf16", "bfloat16", 0.99, None, onnx=False, kernel=True, max_metric_drop=0.5, note="compiled backend on a GPU"),
     Precision("int8", None, 0.99, None, onnx=True, kernel=False, max_metric_drop=1.0, note="onnxruntime CPU, static QDQ"),
 )}
 ONNX_PRECISIONS = tuple(n for n, p in PRECISIONS.items() if p.onnx)

@@ -20,7 +20,10 @@ class OnnxRuntimeEngine(Engine):
     backend = "onnxruntime"
 
     def __init__(self, onnx_path: str | Path, profile: Profile | None = None, max_batch: int | None = None,
-                 providers: list[str] | None = None, threads: int | None = None) -> None:
+                 providers: list[str] | None = None, threads: int | None = None, spinning: bool = True) -> None:
+        """``threads``: intra-op threads (default: onnxruntime's, one per physical core);
+        ``spinning``: worker threads busy-wait between ops (lower latency; False frees the cores
+        for other work between calls)."""
         path = Path(onnx_path)
         if not path.is_file():
             raise EngineError(f"ONNX model not found: {path}")
@@ -28,6 +31,7 @@ class OnnxRuntimeEngine(Engine):
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             opts.intra_op_num_threads = threads
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         available = ort.get_available_providers()
         chosen = providers or [p for p in PREFERRED_PROVIDERS if p in available]
         try:
