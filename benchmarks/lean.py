@@ -1,5 +1,6 @@
 """The runtime install against the full one (issue 28): size on disk, ``stsun --help`` time, cold
-start of ``stsun predict`` on a small two-date scene (to completion), and its peak RSS.
+start of ``stsun predict`` to its first tile (a two-date scene of one tile, run to completion),
+and its peak RSS.
 
 python benchmarks/lean.py --lean .venv-lean --full .venv --build build/lean-scd
 
@@ -58,7 +59,7 @@ def main(
     full: Annotated[Path, typer.Option(help="The full virtual environment.")] = Path(".venv"),
     build: Annotated[Path, typer.Option(help="Build directory (made with the full install when missing).")] =
         Path("build/lean-scd"),
-    scene_size: Annotated[int, typer.Option(help="Scene width and height in pixels.")] = 256,
+    scene_size: Annotated[int, typer.Option(help="Scene width and height in pixels (256: one tile).")] = 256,
     repeat: Annotated[int, typer.Option(min=1)] = 3,
     out: Annotated[Path, typer.Option()] = Path("benchmarks/results/lean_cpu.json"),
 ) -> None:
@@ -78,7 +79,7 @@ def main(
     for name, (python, torch_first) in setups.items():
         predict = ["predict", str(scene / "date1.tif"), str(scene / "date2.tif"), "-o",
                    str(build.parent / f"lean-bench-{name.split(',')[0]}.tif"), "--engine", str(build),
-                   "--backend", "onnxruntime"]
+                   "--backend", "onnxruntime", "--overlap", "0"]
         helps = [run(cli(python, ["--help"], torch_first))[0] for _ in range(repeat)]
         runs = [run(cli(python, predict, torch_first)) for _ in range(repeat)]
         results[name] = {
@@ -90,7 +91,7 @@ def main(
         typer.echo(f"{name}: {results[name]}", err=True)
     record = {
         "what": f"sentinel2-scd tiny, {scene_size}x{scene_size} px two-date scene, stsun predict --backend onnxruntime "
-                "(to completion), fresh processes",
+                "--overlap 0 (to completion; 256 px is one tile), fresh processes",
         "machine": {"cpu_count": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
                     "load_avg_1m": round(os.getloadavg()[0], 2)},
         "repeat": repeat, "torch_importable_in_lean": torch_check.returncode == 0,
