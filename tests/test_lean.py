@@ -122,3 +122,18 @@ def test_predict_with_onnxruntime_and_eager_ends_in_one_line(build_dir: Path, sc
     assert eager.returncode == 2
     assert eager.stderr.strip() == "error: this needs the build extra (torch is not installed): pip install 'stsun[build]'"
     assert not (tmp_path / "eager.tif").exists()
+
+
+def test_onnxruntime_cache_holds_the_optimized_graph_and_changes_no_output(build_dir: Path, tmp_path: Path) -> None:
+    from stsun.data.synthetic import synthetic_tiles
+    from stsun.runtime import load_engine
+
+    plain = load_engine(build_dir)
+    cached = load_engine(build_dir, cache=tmp_path)
+    (graph,) = tmp_path.iterdir()
+    assert graph.name.endswith(".onnx") and graph.stat().st_size > 0
+    written = graph.stat().st_mtime_ns
+    again = load_engine(build_dir, cache=tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == [graph.name] and graph.stat().st_mtime_ns == written
+    x, _ = synthetic_tiles(plain.profile, 2, seed=1)
+    assert np.array_equal(plain(x), cached(x)) and np.array_equal(plain(x), again(x))
