@@ -35,6 +35,10 @@ console = Console(stderr=True)
 # precisions; the plain name is its first precision (fp32), e.g. onnxruntime, onnxruntime-fp16
 RUNTIME_BACKENDS = {(b.name if i == 0 else f"{b.name}-{p}"): (b.name, p)
                     for b in BACKENDS.values() for i, p in enumerate(b.precisions)}
+# onnxruntime fp32 with other session options (issue 28): worker threads that sleep between ops
+# instead of spinning, and one intra-op thread.
+SESSION_VARIANTS = {"onnxruntime-nospin": {"spinning": False}, "onnxruntime-1thread": {"threads": 1}}
+RUNTIME_BACKENDS |= {name: ("onnxruntime", "fp32") for name in SESSION_VARIANTS}
 
 
 def peak_rss_reset() -> None:
@@ -77,14 +81,15 @@ def make_runner(name: str, build_dir: Path, triton_url: str | None = None) -> Ca
         if not triton_url:
             raise EngineError("needs a running server: start `stsun serve` and pass --triton-url 127.0.0.1:8000")
         return load_engine(build_dir, backend="triton", url=triton_url)
-    return load_engine(build_dir, backend=backend, precision=precision)
+    return load_engine(build_dir, backend=backend, precision=precision, **SESSION_VARIANTS.get(name, {}))
 
 
 def main(
     profile: Annotated[str, typer.Option()] = "sentinel2-scd",
     size: Annotated[str, typer.Option()] = "tiny",
-    backends: Annotated[str, typer.Option()] = ("eager,torch-compile,folded,compiled,onnxruntime,onnxruntime-fp16,"
-                                                "onnxruntime-int8,tensorrt-fp16,triton"),
+    backends: Annotated[str, typer.Option()] = ("eager,torch-compile,folded,compiled,onnxruntime,onnxruntime-nospin,"
+                                                "onnxruntime-1thread,onnxruntime-fp16,onnxruntime-int8,tensorrt-fp16,"
+                                                "triton"),
     batch: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "1,4",
     rounds: Annotated[int, typer.Option(min=1)] = 10,
     warmup: Annotated[int, typer.Option(min=1)] = 2,

@@ -6,17 +6,17 @@ import json
 import logging
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import onnx
-import torch
 
 from stsun.atomic import atomic_write
 from stsun.graph_io import INPUT_NAME, OUTPUT_NAME
-from stsun.model.folding import FoldedSTSUN
-from stsun.model.lgwa import WindowAttention
 from stsun.profiles import Profile
+
+if TYPE_CHECKING:  # torch only where a model is traced: the rest edits ONNX files (the serving repository)
+    from stsun.model.folding import FoldedSTSUN
 
 OPSET = 18
 META_PREFIX = "stsun."
@@ -130,6 +130,10 @@ def export_fp32(folded: FoldedSTSUN, profile: Profile, path: Path, meta: dict[st
 
     ``attention_plugin`` emits each LGWA attention as one ``stsun::WindowAttention`` node (for a
     TensorRT plugin running the fused kernel) instead of pad/partition/MatMul/Softmax/MatMul."""
+    import torch
+
+    from stsun.model.lgwa import WindowAttention
+
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # silence unrelated torchvision notes
     example = torch.rand(2, *profile.input_shape)
     batch = torch.export.Dim("batch", min=1, max=1024)

@@ -1,21 +1,31 @@
+from __future__ import annotations
+
+import importlib.util
 import os
 import random
+from typing import TYPE_CHECKING
 
 import pytest
-import torch
 
-# Without a GPU, Triton kernels run under the CPU interpreter. It must be chosen before any test
-# module imports a kernel (@triton.jit decides at definition), so it is set here, not per file.
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+# The runtime install has no torch: there only the tests marked `lean` run (tests/test_lean.py).
+if importlib.util.find_spec("torch") is not None:
+    import torch
 
-from stsun.model import STSUN, model_config  # noqa: E402
-from stsun.model.norm import TaskBatchNorm2d  # noqa: E402
+    # Without a GPU, Triton kernels run under the CPU interpreter. It must be chosen before any test
+    # module imports a kernel (@triton.jit decides at definition), so it is set here, not per file.
+    if not torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+
+if TYPE_CHECKING:
+    from stsun.model import STSUN
 
 
 def random_model(size: str = "tiny", seed: int = 0) -> STSUN:
     """A seeded random model whose BatchNorm statistics are not the identity, so that
     folding them into convolutions is really exercised."""
+    from stsun.model import STSUN, model_config
+    from stsun.model.norm import TaskBatchNorm2d
+
     torch.manual_seed(seed)
     model = STSUN(model_config(size))
     with torch.no_grad():

@@ -54,10 +54,12 @@ class Backend:
 
 BACKENDS: dict[str, Backend] = {b.name: b for b in (
     Backend("eager", "pytorch", "EagerEngine", "checkpoint", ("fp32",), False,
-            "the dynamic model: hypernetworks evaluated on every call"),
-    Backend("folded", "pytorch", "FoldedEngine", "checkpoint", ("fp32",), False, "the folded static model in PyTorch"),
+            "the dynamic model: hypernetworks evaluated on every call", requires=("torch",), extra="build"),
+    Backend("folded", "pytorch", "FoldedEngine", "checkpoint", ("fp32",), False, "the folded static model in PyTorch",
+            requires=("torch",), extra="build"),
     Backend("compiled", "compiled", "CompiledEngine", "checkpoint", ("fp32", "fp16", "bf16"), False,
-            "the folded model under torch.compile; fp16/bf16 with the fused kernel and CUDA graphs on a GPU"),
+            "the folded model under torch.compile; fp16/bf16 with the fused kernel and CUDA graphs on a GPU",
+            requires=("torch",), extra="build"),
     Backend("onnxruntime", "ort", "OnnxRuntimeEngine", "onnx", ("fp32", "fp16", "int8"), False,
             "the ONNX through onnxruntime (TensorRT, CUDA or CPU execution provider)"),
     Backend("tensorrt", "trt", "TensorRTEngine", "tensorrt", ("fp32", "fp16"), True, "a native TensorRT plan",

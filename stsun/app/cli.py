@@ -157,10 +157,21 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 _python_show_warning = warnings.showwarning
 
 
+# Modules only the `build` extra installs: a command that imports one in the runtime install says so.
+BUILD_EXTRA_MODULES = frozenset({"torch", "onnx", "onnxscript", "safetensors", "triton"})
+
+
 def main() -> None:
     """The ``stsun`` entry point."""
     warnings.showwarning = _show_warning
-    app()
+    try:
+        app()
+    except ModuleNotFoundError as err:
+        if (err.name or "").partition(".")[0] not in BUILD_EXTRA_MODULES or os.environ.get(DEBUG_ENV):
+            raise
+        errors.print(styled("error:", "bold red", f"this needs the build extra ({err.name} is not installed): "
+                            "pip install 'stsun[build]'"), soft_wrap=True)
+        raise SystemExit(2) from None
 
 
 def _print_version(value: bool) -> None:

@@ -194,14 +194,18 @@ class EngineLoader(WorkerPlugin):
         self.engine, self.error, self.threads, self.url, self.build = None, None, 0, None, None
 
     def setup(self, worker) -> None:
-        import torch
+        import importlib.util
+
         from distributed.comm import get_address_host
 
         from stsun.runtime import load_engine
 
         slots = self.slots_per_host.get(get_address_host(worker.address), worker.state.nthreads)
         self.threads = self.requested or max(1, cores() // slots)
-        torch.set_num_threads(self.threads)  # the torch backends, and torch ops anywhere in the worker
+        if importlib.util.find_spec("torch") is not None:  # absent from the runtime install
+            import torch
+
+            torch.set_num_threads(self.threads)  # the torch backends, and torch ops anywhere in the worker
         spec, options = self.spec, {}
         if spec.backend == "onnxruntime":
             options["threads"] = self.threads

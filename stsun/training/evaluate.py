@@ -2,26 +2,28 @@
 profile, or on a user's dataset (``evaluate_data``) with the paper's metrics for the task.
 
 ``evaluate_data`` takes predict functions (tiles -> logits), so a checkpoint and a built
-artifact (run by a runtime backend, which the caller brings) are scored the same way."""
+artifact (run by a runtime backend, which the caller brings) are scored the same way. torch is
+imported only where a checkpoint runs, so scoring a built engine works in the runtime install."""
 from __future__ import annotations
 
 import copy
 import itertools
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from stsun.classmaps import CHANGE_COLOURS, class_colours, predicted_classes
 from stsun.data.datasets import IGNORE, NO_CHANGE, Region, UserDataset, grid_tile_count, grid_tiles
 from stsun.display import progress_bar, stretch
 from stsun.training.metrics import confusion, majority_confusion, scores, semantic_change_scores
-from stsun.model import STSUN, Metadata
 from stsun.profiles import Profile, load_profile
 from stsun.data.synthetic import synthetic_tiles
 from stsun.data.targets import change_targets, targets
-from stsun.training.train import calibrate_batchnorm
+
+if TYPE_CHECKING:
+    from stsun.model import STSUN
 
 EVAL_SEED = 987654  # never drawn in training (training seeds come from its own generator)
 
@@ -42,15 +44,21 @@ def default_settings() -> list[tuple[str, Profile, bool]]:
     ]
 
 
-@torch.inference_mode()
 def predict(model: STSUN, profile: Profile, x: np.ndarray, batch: int = 4) -> np.ndarray:
+    import torch
+
+    from stsun.model import Metadata
+
     meta = Metadata.from_profile(profile)
-    return np.concatenate([predicted_classes(model(torch.from_numpy(x[i:i + batch]), meta).numpy())
-                           for i in range(0, len(x), batch)]).astype(np.int64)
+    with torch.inference_mode():
+        return np.concatenate([predicted_classes(model(torch.from_numpy(x[i:i + batch]), meta).numpy())
+                               for i in range(0, len(x), batch)]).astype(np.int64)
 
 
 def evaluate_setting(model: STSUN, profile: Profile, tiles: int, calibrate: bool = False) -> dict:
     if calibrate:  # unlabeled tiles of the new sensor, never the evaluation tiles
+        from stsun.training.train import calibrate_batchnorm
+
         model = copy.deepcopy(model)
         calibrate_batchnorm(model, [profile])
         model.eval()
@@ -148,6 +156,10 @@ PRIMARY_METRIC = {"bcd": (("f1",), "change F1"), "ss": (("miou",), "mIoU"), "scd
 
 def model_predictor(model: STSUN, profile: Profile) -> Predict:
     """Logits of ``model`` (in eval mode, on its device) for batches of the profile's tiles."""
+    import torch
+
+    from stsun.model import Metadata
+
     meta = Metadata.from_profile(profile)
     device = model.task_embed.device
 
