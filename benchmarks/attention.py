@@ -117,13 +117,13 @@ def model_rows(size: str, batches: list[int], device: str, variants: tuple[str, 
     """Whole-model effect of the kernel: same weights, same tiles. The first variant is the
     baseline of ``x_base`` (speed) and ``argmax_agreement``. Compiled variants run last, largest
     batch first (their compilation is the slow part); ``on_row`` sees the rows after each one."""
-    from stsun.model.checkpoint import load_model
-    from stsun.classmaps import predicted_classes
-    from stsun.model.folding import fold
     from stsun import Metadata
+    from stsun.classmaps import predicted_classes
+    from stsun.data.synthetic import synthetic_tiles
+    from stsun.model.checkpoint import load_model
+    from stsun.model.folding import fold
     from stsun.model.lgwa import use_fused_kernel
     from stsun.profiles import load_profile
-    from stsun.data.synthetic import synthetic_tiles
 
     profile = load_profile("sentinel2-scd")
     model = load_model(None, size=size).eval()

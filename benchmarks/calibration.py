@@ -24,18 +24,18 @@ import typer
 def main(pairs: Annotated[int, typer.Option(min=4)] = 12, steps: Annotated[int, typer.Option(min=1)] = 24,
          calibration_tiles: int = 16, heldout_tiles: int = 12,
          out: Path = Path("benchmarks/results/calibration_cpu.json")) -> None:
+    from stsun.app.pipeline import CALIBRATION_SEED, build_artifacts
+    from stsun.app.user_tiles import draw_user_tiles
     from stsun.atomic import atomic_write
-    from stsun.model.checkpoint import load_model
     from stsun.data.datasets import open_dataset
     from stsun.data.demo import aerial_bcd_profile, write_change_pairs
+    from stsun.data.synthetic import synthetic_tiles
     from stsun.export.fidelity import FidelityTiles, fidelity
     from stsun.export.onnx_export import CALIBRATION_METHODS, quantize_int8
-    from stsun.training.finetune import FineTuneOptions, fine_tune
-    from stsun.app.pipeline import CALIBRATION_SEED, build_artifacts
+    from stsun.model.checkpoint import load_model
     from stsun.profiles import load_profile
     from stsun.runtime import EagerEngine, OnnxRuntimeEngine
-    from stsun.data.synthetic import synthetic_tiles
-    from stsun.app.user_tiles import draw_user_tiles
+    from stsun.training.finetune import FineTuneOptions, fine_tune
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

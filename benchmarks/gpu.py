@@ -34,9 +34,9 @@ import time
 from pathlib import Path
 from typing import Annotated, Optional
 
+import gpu_sections
 import typer
 
-import gpu_sections
 from stsun.atomic import atomic_write
 
 FILES = {name: f"{name}_gpu.json" for name in gpu_sections.SECTIONS}

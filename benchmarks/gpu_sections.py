@@ -62,7 +62,6 @@ class Report:
 def identity(device: str) -> dict:
     """The machine the numbers come from: device, driver and library versions."""
     import triton
-
     from attention import device_name
 
     ident = {"device": device_name(device), "torch": torch.__version__, "triton": triton.__version__,
@@ -97,8 +96,8 @@ def prepare(cfg: dict[str, dict], work: Path) -> None:
     records each step as it ends (its seconds, or its failure) for the sections waiting on it."""
     import scene as scene_bench
 
-    from stsun.runtime.cpp_io import build_example
     from stsun.data.synthetic import write_scene
+    from stsun.runtime.cpp_io import build_example
 
     prof, record = scd_profile(), {"pid": os.getpid()}
     steps: dict[str, Callable[[], object]] = {
@@ -232,8 +231,8 @@ def scene(report: Report, cfg: dict, device: str, work: Path) -> str:
 def train(report: Report, cfg: dict, device: str, work: Path) -> str:
     """`stsun train --data` (fine_tune from scratch) for a fixed time per model size: steps/s."""
     from stsun.data.datasets import open_dataset
-    from stsun.training.finetune import FineTuneOptions, fine_tune
     from stsun.data.synthetic import write_scene
+    from stsun.training.finetune import FineTuneOptions, fine_tune
 
     prof = scd_profile()
     report.save(prepared=wait_prepared(work, "train_data"))
@@ -257,13 +256,13 @@ def train(report: Report, cfg: dict, device: str, work: Path) -> str:
 
 def cpp(report: Report, cfg: dict, device: str, work: Path) -> str:
     """The AOTInductor package built for the device and run by the C++ example; logits against Python."""
-    from stsun.model.checkpoint import load_model
     from stsun.classmaps import predicted_classes
+    from stsun.data.synthetic import synthetic_tiles
     from stsun.export.aoti_export import export_aoti
+    from stsun.model.checkpoint import load_model
     from stsun.model.folding import fold
     from stsun.model.lgwa import use_fused_kernel
     from stsun.runtime.cpp_io import read_tensor, write_tensor
-    from stsun.data.synthetic import synthetic_tiles
 
     prof = scd_profile()
     folded = fold(load_model(None, size=cfg["size"]), prof).to(device)

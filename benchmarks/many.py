@@ -92,10 +92,10 @@ def main(
         "benchmarks/results/many_cpu.json"),
     quiet_machine: Annotated[bool, typer.Option(help="State that nothing else ran on the machine meanwhile.")] = False,
 ) -> None:
-    from stsun.atomic import atomic_write
     from stsun.app.manifest import read_manifest
     from stsun.app.many import cores
     from stsun.app.pipeline import build_artifacts
+    from stsun.atomic import atomic_write
     from stsun.profiles import load_profile
 
     command = shlex.join(["python", "benchmarks/many.py", *sys.argv[1:]])

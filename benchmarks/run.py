@@ -21,14 +21,14 @@ import typer
 from rich.console import Console
 from torch.utils.flop_counter import FlopCounterMode
 
-from stsun.atomic import atomic_write
 from stsun.app.pipeline import build_artifacts
-from stsun.precision import ONNX_PRECISIONS
+from stsun.atomic import atomic_write
 from stsun.classmaps import predicted_classes
+from stsun.data.synthetic import synthetic_tiles
+from stsun.precision import ONNX_PRECISIONS
 from stsun.profiles import load_profile
 from stsun.runtime import EngineError, load_engine
 from stsun.runtime.backends import BACKENDS
-from stsun.data.synthetic import synthetic_tiles
 
 console = Console(stderr=True)
 # benchmark name -> (runtime backend, precision): every backend of the table at each of its

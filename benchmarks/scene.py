@@ -56,8 +56,8 @@ def engine_efficiency(prof, engine, work: Path, size: int, reps: int,
     """``efficiency`` for an engine already made, on the kinds of input named."""
     import numpy as np
 
-    from stsun.runtime.scene import SceneOptions, predict_scene
     from stsun.data.synthetic import synthetic_tiles
+    from stsun.runtime.scene import SceneOptions, predict_scene
     from stsun.tiling import TileGrid
 
     dates = efficiency_scene(prof, work, size)
@@ -125,11 +125,11 @@ def main(
     reps: Annotated[int, typer.Option(min=1, help="Efficiency repetitions (medians are reported).")] = 3,
     worker_scene: Annotated[Path | None, typer.Option(hidden=True)] = None,
 ) -> None:
-    from stsun.atomic import atomic_write
     from stsun.app.pipeline import build_artifacts
+    from stsun.atomic import atomic_write
+    from stsun.data.synthetic import write_scene
     from stsun.precision import ONNX_PRECISIONS
     from stsun.profiles import load_profile
-    from stsun.data.synthetic import write_scene
 
     prof = load_profile(profile)
     bdir = build_dir or Path("build") / f"bench-{prof.name}-tiny"

@@ -101,13 +101,13 @@ def main(
     build_dir: Annotated[Path | None, typer.Option()] = None,
     out: Annotated[Path, typer.Option()] = Path("benchmarks/results/serve_cpu.json"),
 ) -> None:
-    from stsun.atomic import atomic_write
     from stsun.app.pipeline import build_artifacts
+    from stsun.atomic import atomic_write
+    from stsun.data.synthetic import synthetic_tiles
     from stsun.profiles import load_profile
     from stsun.runtime.serving.repository import ServingConfig, write_triton_repo
     from stsun.runtime.serving.server import ADMIN_HEADER, free_port
     from stsun.runtime.serving.supervisor import ServeOptions, Supervisor
-    from stsun.data.synthetic import synthetic_tiles
 
     prof = load_profile(profile)
     bdir = build_dir or Path("build") / f"serve-{prof.name}"

@@ -13,9 +13,8 @@ from pathlib import Path
 import torch
 from torch._inductor import aoti_compile_and_package
 
-from stsun.profiles import Profile
-
 from stsun.model.folding import FoldedSTSUN
+from stsun.profiles import Profile
 
 
 def cpp_metadata(profile: Profile, extra: dict[str, str]) -> dict[str, str]:

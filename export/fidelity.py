@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from stsun.classmaps import predicted_classes
-from stsun.training.evaluate import PRIMARY_METRIC, TaskCounts, primary_metric
 from stsun.precision import precision as precision_spec
 from stsun.profiles import Profile
+from stsun.training.evaluate import PRIMARY_METRIC, TaskCounts, primary_metric
 
 
 @dataclass(frozen=True)

@@ -190,8 +190,13 @@ def quantize_int8(src: Path, dst: Path, calibration: Callable[[], np.ndarray], b
     kernels; symmetric int8 activations measured 0.985 argmax agreement against 0.991), with
     ``sensitive_nodes`` left in fp32. Its non-zero activation zero points are outside
     TensorRT's explicit-quantization rules, which the compatibility check reports."""
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     tiles = calibration()

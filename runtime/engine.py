@@ -22,7 +22,6 @@ from stsun.raw import scaled
 from stsun.validation import InputError, check_tiles
 
 
-
 class Engine(ABC):
     backend: ClassVar[str]
     serves_raw: bool = False  # True when raw digital numbers travel as they are (a served DN model)

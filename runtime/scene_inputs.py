@@ -301,7 +301,7 @@ def _finest(current: tuple[Path, str] | None, new: tuple[Path, str]) -> tuple[Pa
     return new if rn < rc else current
 
 
-def _from_stac(path: Path | str, profile: Profile) -> DateInput:
+def _from_stac(path: Path | str, profile: Profile) -> DateInput:  # noqa: C901 -- one pass over the Item's parts, in order
     import pystac
 
     remote = is_remote(path)

@@ -12,8 +12,8 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
-
 from ports import free_ports, port_open
+
 from stsun import load_profile
 from stsun.app.pipeline import build_artifacts
 from stsun.runtime.serving.repository import write_triton_repo

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 from stsun import load_profile
-from stsun.classmaps import encode_maps, map_layout
 from stsun.app.pipeline import build_artifacts
+from stsun.classmaps import encode_maps, map_layout
+from stsun.data.synthetic import synthetic_tiles
 from stsun.runtime import load_engine
 from stsun.runtime.cpp_io import build_example, read_tensor, write_tensor
-from stsun.data.synthetic import synthetic_tiles
 
 pytestmark = [pytest.mark.own_process,  # loads a compiled AOTInductor package into the process
               pytest.mark.skipif(not (shutil.which("cmake") and shutil.which("c++")),

@@ -3,10 +3,10 @@ import pytest
 import torch
 
 from stsun import load_model, load_profile
-from stsun.model.checkpoint import DEMO_CHECKPOINT
-from stsun.training.metrics import confusion, scores
 from stsun.data.synthetic import class_spectrum, synthetic_tiles
 from stsun.data.targets import targets
+from stsun.model.checkpoint import DEMO_CHECKPOINT
+from stsun.training.metrics import confusion, scores
 from stsun.training.train import task_loss
 
 
@@ -75,8 +75,9 @@ def test_loss_ignores_nodata_and_decreases_when_fitting():
 @pytest.mark.skipif(not DEMO_CHECKPOINT.is_file(), reason="demo checkpoint not committed")
 def test_load_model_without_arguments_is_the_trained_demo():
     model = load_model()
-    from stsun.model.checkpoint import config_path
     import json
+
+    from stsun.model.checkpoint import config_path
 
     info = json.loads(config_path(DEMO_CHECKPOINT).read_text())
     assert info["training"]["steps_done"] > 100 and model.config.size == "tiny"

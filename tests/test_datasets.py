@@ -5,14 +5,23 @@ import math
 import numpy as np
 import pytest
 
-from stsun.data.datasets import (IGNORE, NO_CHANGE, Region, grid_tile_count, grid_tiles, holdout, open_dataset,
-                            random_crops, whole)
+from stsun.data.datasets import (
+    IGNORE,
+    NO_CHANGE,
+    Region,
+    grid_tile_count,
+    grid_tiles,
+    holdout,
+    open_dataset,
+    random_crops,
+    whole,
+)
 from stsun.data.demo import aerial_bcd_profile, write_change_pairs, write_profile, write_raster
+from stsun.data.synthetic import write_scene
 from stsun.errors import DatasetError, ProfileError
+from stsun.profiles import load_profile, profile_from_dict
 from stsun.training.evaluate import TaskCounts, scd_change_target, second_maps
 from stsun.training.metrics import confusion, majority_confusion, scores, semantic_change_scores
-from stsun.profiles import load_profile, profile_from_dict
-from stsun.data.synthetic import write_scene
 
 pytestmark = pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
 SECOND_COLOURS = {"no change": [255, 255, 255], "low vegetation": [0, 128, 0], "tree": [0, 255, 0],

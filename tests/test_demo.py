@@ -7,8 +7,8 @@ from typer.testing import CliRunner
 pytest.importorskip("rasterio", reason="the geo extra (rasterio) is not installed")
 
 from stsun.app.cli import app  # noqa: E402
-from stsun.data.datasets import open_dataset  # noqa: E402
 from stsun.app.manifest import read_manifest  # noqa: E402
+from stsun.data.datasets import open_dataset  # noqa: E402
 from stsun.profiles import load_profile  # noqa: E402
 from stsun.runtime.scene_inputs import native_grid, resolve_date  # noqa: E402
 

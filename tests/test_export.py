@@ -5,17 +5,16 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from conftest import random_model
 
 from stsun import InputError, Metadata, load_profile
 from stsun.app.pipeline import build_artifacts
-from stsun.model.folding import fold
+from stsun.data.synthetic import synthetic_tiles
 from stsun.export.onnx_export import read_metadata
 from stsun.export.trt.compat import check_compat
+from stsun.model.folding import fold
 from stsun.profiles import builtin_profile_names
 from stsun.runtime import EngineError, OnnxRuntimeEngine, load_engine
-from stsun.data.synthetic import synthetic_tiles
-
-from conftest import random_model
 
 
 @pytest.mark.parametrize("name", ["sentinel2-scd", "sentinel2-bcd", "landsat8-ss", "whu-ss", "tscd-bcd"])

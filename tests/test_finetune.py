@@ -11,15 +11,15 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from stsun.model.checkpoint import DEMO_CHECKPOINT, load_checkpoint
 from stsun.app.cli import app
 from stsun.data.datasets import open_dataset
 from stsun.data.demo import aerial_bcd_profile, write_change_pairs, write_profile, write_raster
+from stsun.data.synthetic import write_scene
 from stsun.errors import DatasetError
+from stsun.model.checkpoint import DEMO_CHECKPOINT, load_checkpoint
+from stsun.profiles import load_profile
 from stsun.training.evaluate import evaluate_data, model_predictor
 from stsun.training.finetune import FineTuneOptions, fine_tune, paths, validation_regions
-from stsun.profiles import load_profile
-from stsun.data.synthetic import write_scene
 
 pytestmark = [pytest.mark.skipif(not DEMO_CHECKPOINT.is_file(), reason="demo checkpoint not committed"),
               pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")]

@@ -3,12 +3,11 @@ import math
 
 import pytest
 import torch
+from conftest import random_model
 
 from stsun import InputError, Metadata, load_profile
 from stsun.kernels.reference import window_attention_reference
 from stsun.profiles import builtin_profile_names
-
-from conftest import random_model
 
 
 @pytest.mark.parametrize("name", builtin_profile_names())

@@ -15,14 +15,14 @@ pytest.importorskip("distributed", reason="the cluster extra (dask distributed) 
 rasterio = pytest.importorskip("rasterio", reason="the geo extra (rasterio) is not installed")
 
 from stsun import load_profile  # noqa: E402
-from stsun.errors import ClusterError, ManifestError  # noqa: E402
 from stsun.app.manifest import Job, Manifest, read_manifest  # noqa: E402
 from stsun.app.many import REPORT_NAME, EngineSpec, RunOptions, predict_many  # noqa: E402
 from stsun.app.pipeline import build_artifacts  # noqa: E402
+from stsun.data.synthetic import write_band_files, write_scene  # noqa: E402
+from stsun.errors import ClusterError, ManifestError  # noqa: E402
 from stsun.runtime import load_engine  # noqa: E402
 from stsun.runtime.scene import SceneOptions, predict_scene  # noqa: E402
 from stsun.runtime.scene_inputs import resolve_date  # noqa: E402
-from stsun.data.synthetic import write_band_files, write_scene  # noqa: E402
 
 PROFILE = load_profile("sentinel2-scd")
 # (width, height) of the generated scenes, and the tiles each takes (256 px tiles, 64 px overlap)

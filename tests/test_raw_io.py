@@ -5,10 +5,10 @@ import onnxruntime as ort
 import pytest
 
 from stsun import load_profile
+from stsun.app.pipeline import build_artifacts
 from stsun.errors import InputError
 from stsun.export.raw_io import add_raw_io
 from stsun.export.trt.compat import check_compat
-from stsun.app.pipeline import build_artifacts
 from stsun.runtime import load_engine
 
 

@@ -14,10 +14,10 @@ from typer.testing import CliRunner
 
 from stsun import STSUN, InputError, Metadata, load_checkpoint, load_profile, save_checkpoint
 from stsun.app.cli import app
+from stsun.app.pipeline import build_artifacts
 from stsun.errors import CheckpointError
 from stsun.export.onnx_export import export_fp32, model_metadata
 from stsun.model.folding import fold
-from stsun.app.pipeline import build_artifacts
 from stsun.model.research_import import UNREAD, convert, infer_config, read_state_dict
 from stsun.runtime import OnnxRuntimeEngine, load_engine
 from stsun.training.train import calibrate_batchnorm
@@ -105,8 +105,8 @@ def test_imported_ckpt_builds_and_runs_scenes(authors, tmp_path):
     assert max_error(engine(x.numpy()), idx, theirs) <= TOLERANCE
 
     rasterio = pytest.importorskip("rasterio", reason="the geo extra (rasterio) is not installed")
-    from stsun.runtime.scene import SceneOptions, predict_scene
     from stsun.data.synthetic import write_scene
+    from stsun.runtime.scene import SceneOptions, predict_scene
 
     files = write_scene(profile, tmp_path / "scene", size=320, seed=1)  # two tiles per axis, blended
     out = predict_scene(engine, files["dates"], tmp_path / "change.tif", SceneOptions(progress=False))

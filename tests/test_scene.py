@@ -9,8 +9,8 @@ from stsun.runtime import load_engine
 rasterio = pytest.importorskip("rasterio", reason="the geo extra (rasterio) is not installed")
 from rasterio.warp import transform as reproject_points  # noqa: E402
 
-from stsun.runtime.scene import SceneError, SceneOptions, predict_scene  # noqa: E402
 from stsun.data.synthetic import write_scene  # noqa: E402
+from stsun.runtime.scene import SceneError, SceneOptions, predict_scene  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -13,12 +13,12 @@ from rasterio.warp import reproject  # noqa: E402
 from rio_cogeo.cogeo import cog_validate  # noqa: E402
 
 from stsun import load_profile  # noqa: E402
-from stsun.errors import SceneError  # noqa: E402
 from stsun.app.pipeline import build_artifacts  # noqa: E402
+from stsun.data.synthetic import S2_20M_BANDS, coarsen, write_band_files, write_safe, write_scene  # noqa: E402
+from stsun.errors import SceneError  # noqa: E402
 from stsun.runtime import load_engine  # noqa: E402
 from stsun.runtime.scene import SceneOptions, predict_scene  # noqa: E402
 from stsun.runtime.scene_inputs import band_key, resolve_date  # noqa: E402
-from stsun.data.synthetic import S2_20M_BANDS, coarsen, write_band_files, write_safe, write_scene  # noqa: E402
 
 # baseline 03.01 (2021): digital numbers without the +1000 that baselines >= 04.00 add
 SAFE_GRANULE = "S2B_MSIL2A_20210601T100559_N0301_R022_T33UUP_20210601T120000.SAFE/GRANULE/L2A_T33UUP_A032000/IMG_DATA"

@@ -14,14 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from ports import free_ports, port_open
 from serving import MODEL, Serve, build_repo, http, infer_body, logits_of, wait_idle
+
+from stsun.data.synthetic import synthetic_tiles
 from stsun.errors import InputError
 from stsun.runtime import load_engine
-from stsun.runtime.serving.server import (SHM_DIR, SHM_PREFIX, remove_stale_shm,
-                                         tritonserver_available)
-from stsun.data.synthetic import synthetic_tiles
+from stsun.runtime.serving.server import SHM_DIR, SHM_PREFIX, remove_stale_shm, tritonserver_available
 
 pytestmark = [pytest.mark.own_process,  # starts servers on loopback ports
               pytest.mark.skipif(tritonserver_available() is not None,

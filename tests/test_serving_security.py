@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from serving import MODEL, Serve, build_repo, http, infer_body, logits_of, peak_growth
+
+from stsun.data.synthetic import synthetic_tiles
 from stsun.runtime import load_engine
 from stsun.runtime.serving.server import python_stubs, tritonserver_available
-from stsun.data.synthetic import synthetic_tiles
 
 pytestmark = [pytest.mark.own_process,  # starts servers on loopback ports
               pytest.mark.skipif(tritonserver_available() is not None,
@@ -404,7 +404,7 @@ def test_restarts_are_a_rate_and_a_full_log_disk_does_not_stop_serving(build, lo
     server = Serve(build / "repo", tmp_path, None, "--restarts", "1", "--restart-window", "5",
                    log=Path("/dev/full")).wait_ready()
     try:
-        for crash in range(3):
+        for _ in range(3):
             old = server.tritonserver
             os.kill(old, signal.SIGKILL)
             assert wait_for(lambda: not Path(f"/proc/{old}").exists() or not ready(server), 10)

@@ -4,14 +4,14 @@ import time
 
 import numpy as np
 import pytest
-
 from ports import free_ports, port_open
+
 from stsun import load_profile
 from stsun.app.pipeline import build_artifacts
-from stsun.runtime import EngineError, load_engine
-from stsun.runtime.serving.server import TritonServer, tritonserver_available
-from stsun.runtime.serving.repository import write_triton_repo
 from stsun.data.synthetic import synthetic_tiles
+from stsun.runtime import EngineError, load_engine
+from stsun.runtime.serving.repository import write_triton_repo
+from stsun.runtime.serving.server import TritonServer, tritonserver_available
 
 pytestmark = [pytest.mark.own_process,  # starts servers on loopback ports
               pytest.mark.skipif(tritonserver_available() is not None,
@@ -63,9 +63,9 @@ def test_scene_through_the_server_matches_local(served, tmp_path):
     from typer.testing import CliRunner
 
     from stsun.app.cli import app
+    from stsun.data.synthetic import write_scene
     from stsun.runtime.scene import SceneOptions, predict_scene
     from stsun.tiling import tile_starts
-    from stsun.data.synthetic import write_scene
 
     build_dir, server = served
     dates = write_scene(load_profile("sentinel2-scd"), tmp_path / "in", size=1100, height=256, seed=13,

@@ -7,12 +7,12 @@ import pytest
 import rasterio
 from rasterio.windows import Window
 
+from stsun.app.user_tiles import _spread_classes, draw_user_tiles
 from stsun.data.datasets import open_dataset
 from stsun.data.demo import aerial_bcd_profile, write_change_pairs
+from stsun.data.synthetic import write_scene
 from stsun.errors import DatasetError
 from stsun.profiles import load_profile
-from stsun.data.synthetic import write_scene
-from stsun.app.user_tiles import _spread_classes, draw_user_tiles
 
 pytestmark = pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from stsun.model.checkpoint import load_checkpoint
 from stsun.model import STSUN, Metadata
+from stsun.model.checkpoint import load_checkpoint
 from stsun.model.folding import fold
 from stsun.profiles import Profile
 

@@ -15,7 +15,6 @@ cancellation or deadline cancels the forwarded call.
 """
 from __future__ import annotations
 
-
 import grpc
 from google.protobuf.message import DecodeError
 from tritonclient.grpc import service_pb2 as pb

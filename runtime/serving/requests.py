@@ -167,7 +167,7 @@ def request_id(value: object) -> str:
     return value
 
 
-def rewrite(model: str, limits: ModelLimits, body: bytes, header_length: str | None) -> tuple[bytes, int]:
+def rewrite(model: str, limits: ModelLimits, body: bytes, header_length: str | None) -> tuple[bytes, int]:  # noqa: C901 -- every check in reading order, so a reviewer sees them all
     """The request to forward (a JSON header of ours, then every input as binary data) and its
     header's length; raises ``Refused`` with the reason for anything else."""
     if header_length is None:

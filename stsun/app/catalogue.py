@@ -13,9 +13,9 @@ import json
 from pathlib import Path
 
 from stsun.atomic import atomic_write
+from stsun.build_report import REPORT_NAME as BUILD_REPORT
 from stsun.classmaps import CHANGE_COLOURS, class_colours
 from stsun.digest import file_sha256
-from stsun.build_report import REPORT_NAME as BUILD_REPORT
 
 STSUN_FIELDS = ("stsun:profile", "stsun:task", "stsun:build_report_sha256", "stsun:backend", "stsun:precision",
                 "stsun:version", "stsun:inputs")

@@ -15,12 +15,28 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 from rich.text import Text
+
 # typer (0.2x) bundles its own click; its exceptions are what the parser raises.
 from typer._click.exceptions import ClickException, NoArgsIsHelpError, NoSuchOption, UsageError
 from typer.core import TyperCommand, TyperGroup
 
-from stsun.app.options import (ALIASES, Align, Backend, Batch, Build, Checkpoint, DnOffset, ExpectedProfile,
-                               MaskQuality, Overlap, Precision, Probabilities, Protocol, Seed, backend_help)
+from stsun.app.options import (
+    ALIASES,
+    Align,
+    Backend,
+    Batch,
+    Build,
+    Checkpoint,
+    DnOffset,
+    ExpectedProfile,
+    MaskQuality,
+    Overlap,
+    Precision,
+    Probabilities,
+    Protocol,
+    Seed,
+    backend_help,
+)
 from stsun.errors import EngineError, StsunError, StsunWarning
 from stsun.export.build_engine import build_command
 from stsun.profiles import Profile, builtin_profiles, load_profile
@@ -305,8 +321,8 @@ def predict(
                                                                          "and maps.")] = None,
 ) -> None:
     """Whole-scene inference: tiled, blended and streamed into a Cloud-Optimized GeoTIFF."""
-    from stsun.runtime import load_engine
     from stsun.app.outputs import scene_output
+    from stsun.runtime import load_engine
     from stsun.runtime.preview import preview as write_preview
     from stsun.runtime.scene import SceneOptions, predict_scene
 
@@ -385,8 +401,9 @@ def predict_many(
     """Many scenes on a Dask cluster: every job of MANIFEST as `stsun predict` would run it, skipping
     jobs whose map is already done, retrying failures, with a report. Exit 1 if any job failed."""
     from stsun.app.manifest import read_manifest
+    from stsun.app.many import REPORT_NAME, EngineSpec, RunOptions
+    from stsun.app.many import predict_many as run
     from stsun.app.outputs import local_dir
-    from stsun.app.many import REPORT_NAME, EngineSpec, RunOptions, predict_many as run
     from stsun.runtime.engine import BuildDir
 
     if scheduler and workers:
@@ -724,7 +741,8 @@ def evaluate_synthetic(
 
 def _evaluate_synthetic(checkpoint: Optional[Path], tiles: int, output: Optional[Path], figure: Optional[Path]) -> None:
     from stsun.model.checkpoint import load_model
-    from stsun.training.evaluate import demo_figure, evaluate as run_eval, markdown_table
+    from stsun.training.evaluate import demo_figure, markdown_table
+    from stsun.training.evaluate import evaluate as run_eval
 
     model = load_model(checkpoint)
     results = run_eval(model, tiles=tiles)

@@ -26,10 +26,11 @@ from rich.console import Console
 from rich.markup import escape
 
 import stsun
-from stsun.build_report import FORMAT, REPORT_NAME, BuildReport
+from stsun.app.user_tiles import UserTiles, draw_user_tiles
 from stsun.atomic import atomic_write
+from stsun.build_report import FORMAT, REPORT_NAME, BuildReport
+from stsun.data.synthetic import synthetic_tiles
 from stsun.digest import file_sha256
-from stsun.model.checkpoint import DEMO_CHECKPOINT, load_model, resolve_checkpoint, save_checkpoint
 from stsun.errors import BuildError, CheckpointError
 from stsun.export.fidelity import FidelityTiles, fidelity
 from stsun.export.onnx_export import CALIBRATION_METHODS, DERIVED_ONNX, export_fp32, model_metadata, quantize_int8
@@ -38,13 +39,12 @@ from stsun.export.trt.compat import check_compat
 from stsun.export.trt.plan import build_plan
 from stsun.kernels.contract import PLUGIN_NAME
 from stsun.model import Metadata
+from stsun.model.checkpoint import DEMO_CHECKPOINT, load_model, resolve_checkpoint, save_checkpoint
 from stsun.precision import ONNX_PRECISIONS
 from stsun.profiles import Profile
 from stsun.runtime import EagerEngine, FoldedEngine, OnnxRuntimeEngine, TensorRTEngine
 from stsun.runtime.backends import BACKENDS
-from stsun.data.synthetic import synthetic_tiles
 from stsun.training.train import calibrate_batchnorm, calibrate_task_statistics
-from stsun.app.user_tiles import UserTiles, draw_user_tiles
 
 ATTENTION = ("tensorrt", "plugin")  # how LGWA attention reaches TensorRT (see BuildOptions)
 PLUGIN_CHECK_TILES = 1  # onnx's reference evaluator is pure numpy: seconds per tile

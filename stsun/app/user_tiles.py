@@ -27,9 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
+from stsun.app.manifest import read_manifest
 from stsun.data.datasets import IGNORE, UserDataset, open_dataset
 from stsun.errors import DatasetError, ManifestError
-from stsun.app.manifest import read_manifest
 from stsun.profiles import Profile
 
 MAX_NODATA = 0.5     # a window with more of its pixels without data is skipped

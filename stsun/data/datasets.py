@@ -36,9 +36,9 @@ from pathlib import Path
 
 import numpy as np
 
+from stsun.data.targets import change_targets
 from stsun.errors import DatasetError
 from stsun.profiles import IGNORE_COLOUR, NO_CHANGE_COLOUR, Profile
-from stsun.data.targets import change_targets
 from stsun.tiling import TileGrid
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")

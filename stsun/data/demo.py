@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from stsun.profiles import load_profile
 from stsun.data.synthetic import S2_20M_BANDS, smooth_noise, write_band_files, write_safe, write_scene
+from stsun.profiles import load_profile
 
 GRASS, SOIL = np.array([70, 115, 55]), np.array([150, 122, 92])
 ROOFS = np.array([[205, 205, 210], [175, 72, 60], [95, 95, 110]])

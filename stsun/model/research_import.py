@@ -20,9 +20,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from stsun.digest import file_sha256
-from stsun.model.checkpoint import save_checkpoint
 from stsun.errors import CheckpointError
 from stsun.model import STSUN, ModelConfig
+from stsun.model.checkpoint import save_checkpoint
 from stsun.model.research import RESEARCH_DATASETS
 from stsun.profiles import builtin_profiles
 

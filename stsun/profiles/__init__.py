@@ -5,11 +5,11 @@ TOML file with the same fields, passed by path wherever a profile name is accept
 """
 from __future__ import annotations
 
+import tomllib
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Literal
 
-import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from stsun.errors import ProfileError

@@ -16,11 +16,11 @@ import numpy as np
 
 from stsun.classmaps import CHANGE_COLOURS, class_colours, predicted_classes
 from stsun.data.datasets import IGNORE, NO_CHANGE, Region, UserDataset, grid_tile_count, grid_tiles
-from stsun.display import progress_bar, stretch
-from stsun.training.metrics import confusion, majority_confusion, scores, semantic_change_scores
-from stsun.profiles import Profile, load_profile
 from stsun.data.synthetic import synthetic_tiles
 from stsun.data.targets import change_targets, targets
+from stsun.display import progress_bar, stretch
+from stsun.profiles import Profile, load_profile
+from stsun.training.metrics import confusion, majority_confusion, scores, semantic_change_scores
 
 if TYPE_CHECKING:
     from stsun.model import STSUN

@@ -30,12 +30,12 @@ import torch
 from tqdm import tqdm
 
 from stsun.atomic import atomic_write
-from stsun.display import progress_bar
-from stsun.model.checkpoint import DEMO_CHECKPOINT, load_checkpoint, save_checkpoint
 from stsun.data.datasets import NO_CHANGE, Region, UserDataset, grid_tile_count, holdout, random_crops, whole
+from stsun.display import progress_bar
 from stsun.errors import CheckpointError, DatasetError
-from stsun.training.evaluate import PRIMARY_METRIC, evaluate_data, model_predictor, primary_metric
 from stsun.model import STSUN, Metadata, ModelConfig, model_config
+from stsun.model.checkpoint import DEMO_CHECKPOINT, load_checkpoint, save_checkpoint
+from stsun.training.evaluate import PRIMARY_METRIC, evaluate_data, model_predictor, primary_metric
 from stsun.training.train import calibrate_task_statistics, task_loss
 
 STATE_FORMAT = "stsun-finetune-state/1"

@@ -19,13 +19,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from stsun.data.synthetic import synthetic_tiles
+from stsun.data.targets import targets
 from stsun.display import progress_bar
 from stsun.errors import CheckpointError
 from stsun.model import STSUN, Metadata, model_config
 from stsun.model.norm import TaskBatchNorm2d
 from stsun.profiles import Profile
-from stsun.data.synthetic import synthetic_tiles
-from stsun.data.targets import targets
 
 GSD_CHOICES = (5.0, 10.0, 20.0, 30.0)
 
