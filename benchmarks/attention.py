@@ -81,7 +81,8 @@ def kernel_rows(grid: tuple[int, int], channels: int, heads: int, batches: list[
             ref = window_attention_reference(check.double(), grid, window, heads)
             errors = {name: float((fn(check).double() - ref).abs().max()) for name, fn in impls.items()}
             for batch in batches:
-                qkv = torch.randn(batch, grid[0] * grid[1], 3 * channels, device=device, dtype=PRECISIONS[dtype].torch_dtype)
+                qkv = torch.randn(batch, grid[0] * grid[1], 3 * channels, device=device,
+                                  dtype=PRECISIONS[dtype].torch_dtype)
                 flops = attention_flops(batch, grid, window, channels)
                 for name, fn in impls.items():
                     try:
@@ -97,7 +98,8 @@ def kernel_rows(grid: tuple[int, int], channels: int, heads: int, batches: list[
                 if "kernel" in by:
                     console.print(f"{dtype} {wname:>6} b{batch:<3} kernel {by['kernel']['ms']:.3f} ms "
                                   f"{by['kernel']['tflops']:.1f} TFLOP/s; kernel speedup"
-                                  + "".join(f" vs {k} {by[k]['ms'] / by['kernel']['ms']:.2f}x" for k in by if k != "kernel"))
+                                  + "".join(f" vs {k} {by[k]['ms'] / by['kernel']['ms']:.2f}x"
+                                            for k in by if k != "kernel"))
     return rows
 
 
@@ -113,7 +115,8 @@ MODEL_VARIANTS: dict[str, tuple[bool, torch.dtype, bool, bool]] = {
 
 
 def model_rows(size: str, batches: list[int], device: str, variants: tuple[str, ...] = (
-        "eager", "folded", "folded+kernel", "compiled"), on_row: Callable[[list[dict]], None] | None = None) -> list[dict]:
+        "eager", "folded", "folded+kernel", "compiled"),
+        on_row: Callable[[list[dict]], None] | None = None) -> list[dict]:
     """Whole-model effect of the kernel: same weights, same tiles. The first variant is the
     baseline of ``x_base`` (speed) and ``argmax_agreement``. Compiled variants run last, largest
     batch first (their compilation is the slow part); ``on_row`` sees the rows after each one."""

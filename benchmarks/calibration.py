@@ -75,7 +75,8 @@ def main(pairs: Annotated[int, typer.Option(min=4)] = 12, steps: Annotated[int, 
               "pairs": pairs, "pair_size": 512, "fine_tune": {"steps": record["steps_done"], "batch": 2,
                                                               "seconds": round(train_seconds, 1),
                                                               "validation_f1": record["final_metric"]},
-              "user_tiles": tiles.record, "generated_calibration": {"tiles": calibration_tiles, "seed": CALIBRATION_SEED},
+              "user_tiles": tiles.record,
+              "generated_calibration": {"tiles": calibration_tiles, "seed": CALIBRATION_SEED},
               "fp32_f1": rows[0]["f1_fp32"], "rows": rows}
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(out, lambda p: p.write_text(json.dumps(result, indent=2) + "\n"))

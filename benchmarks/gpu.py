@@ -154,13 +154,15 @@ def run_child(name: str, out: Path, work: Path, dry_run: bool) -> None:
 
 def main(
     out: Annotated[Path, typer.Option(help="Where the JSON files go (8 files at most).")] = Path("gpu-results"),
-    dry_run: Annotated[bool, typer.Option(help="Rehearse on CPU: toy sizes, the kernel under TRITON_INTERPRET=1.")] = False,
+    dry_run: Annotated[bool, typer.Option(
+        help="Rehearse on CPU: toy sizes, the kernel under TRITON_INTERPRET=1.")] = False,
     sections: Annotated[str, typer.Option(help="Comma-separated sections to run, in this order.")] = ",".join(FILES),
     budget: Annotated[Optional[float], typer.Option(help=f"Seconds for the whole run (default {BUDGET:g}, dry run "
                                                         f"{DRY_BUDGET:g}); boxes are cut to what is left.")] = None,
     box: Annotated[Optional[list[str]], typer.Option(help="NAME=SECONDS: another time box for a section.")] = None,
     work: Annotated[Optional[Path], typer.Option(help="Scratch folder (default: a temporary one, removed).")] = None,
-    section: Annotated[Optional[str], typer.Option(hidden=True, help="Run one section here (the child's side).")] = None,
+    section: Annotated[Optional[str], typer.Option(
+        hidden=True, help="Run one section here (the child's side).")] = None,
 ) -> None:
     """Run every GPU check, time-boxed, each section's JSON written as it goes (see the module doc)."""
     out.mkdir(parents=True, exist_ok=True)

@@ -182,12 +182,15 @@ def attention(report: Report, cfg: dict, device: str, work: Path) -> str:
             rows += bench.kernel_rows(grid, channels, heads, cfg["batches"], [dtype], {wname: window}, device, peak)
             report.save(kernel=rows)
     top = max(cfg["batches"])
-    kern = {(r["window"], r["batch"]): r for r in rows if r["impl"] == "kernel" and r["dtype"] == cfg["dtypes"][0] and "ms" in r}
-    sdpa = {(r["window"], r["batch"]): r for r in rows if r["impl"] == "sdpa" and r["dtype"] == cfg["dtypes"][0] and "ms" in r}
+    kern = {(r["window"], r["batch"]): r for r in rows
+            if r["impl"] == "kernel" and r["dtype"] == cfg["dtypes"][0] and "ms" in r}
+    sdpa = {(r["window"], r["batch"]): r for r in rows
+            if r["impl"] == "sdpa" and r["dtype"] == cfg["dtypes"][0] and "ms" in r}
     big = [k for k in kern if k in sdpa and k[1] >= min(16, top)]
     speedup = min((sdpa[k]["ms"] / kern[k]["ms"] for k in big), default=float("nan"))
     best = max((r["tflops"] for r in kern.values()), default=float("nan"))
-    return (f"{cfg['dtypes'][0]} kernel best {best:.1f} TFLOP/s ({100 * best / peak:.0f}% of the measured matmul peak); "
+    return (f"{cfg['dtypes'][0]} kernel best {best:.1f} TFLOP/s "
+            f"({100 * best / peak:.0f}% of the measured matmul peak); "
             f"vs SDPA at batch >= {min(16, top)}: {speedup:.2f}x at worst (target 2x)")
 
 
@@ -247,7 +250,8 @@ def train(report: Report, cfg: dict, device: str, work: Path) -> str:
                                   time_limit_s=cfg["seconds"], device=device, calibration_batches=2)
         rec = fine_tune(dataset, work / f"train-{size}" / "model.safetensors", "scratch", options, size=size,
                         progress=False)
-        runs.append({"size": size, "batch": cfg["batch"], "steps": rec["steps_done"], "train_seconds": rec["train_seconds"],
+        runs.append({"size": size, "batch": cfg["batch"], "steps": rec["steps_done"],
+                     "train_seconds": rec["train_seconds"],
                      "steps_per_second": rec["steps_per_second"], "device": rec["device"]})
         report.save(runs=runs)
     return "; ".join(f"{r['size']} {r['steps_per_second']:.2f} steps/s ({r['steps']} steps of {r['batch']} tiles)"

@@ -10,7 +10,7 @@ available on these machines); at 0 ms the scene is read from nginx directly. Run
 alike; the medians are compared: ratio = local seconds / remote seconds (1.0: latency fully
 hidden). Bytes fetched are nginx's ``$bytes_sent`` of one remote run (headers included); bytes
 needed are the band files' sizes (the whole scene is read, every block once at least).
-"""
+"""  # noqa: E501
 from __future__ import annotations
 
 import contextlib
@@ -92,7 +92,8 @@ def main(size: Annotated[int, typer.Option(help="Scene side in pixels.")] = 1024
             "seconds": {k: [round(s, 3) for s in v] for k, v in seconds.items()},
             "median_seconds": {k: round(v, 3) for k, v in medians.items()},
             "megapixels_per_s": {k: round(megapixels / v, 3) for k, v in medians.items()},
-            "remote_over_local_throughput": {k: round(medians["local"] / v, 3) for k, v in medians.items() if k != "local"},
+            "remote_over_local_throughput": {k: round(medians["local"] / v, 3)
+                                             for k, v in medians.items() if k != "local"},
             "targets": {"http_0ms": 0.95, "http_20ms": 0.8},
             "bytes": fetched,
         }

@@ -155,7 +155,8 @@ def main(
             "backend": name, "precision": precision, "batch": b, "throughput": thr, "km2_per_s": thr * km2_per_tile,
             "latency_ms": {q: float(np.percentile(t, int(q[1:])) * 1000) for q in ("p50", "p90", "p99")},
             "peak_mem_mb": mem[name], "peak_mem_added_mb": added[name], "argmax_agreement": agreement[name],
-            "build_argmax_agreement": fidelity.get((BACKENDS[backend].artifact if backend in BACKENDS else None, precision)),
+            "build_argmax_agreement": fidelity.get(
+                (BACKENDS[backend].artifact if backend in BACKENDS else None, precision)),
             "flops_per_tile": flops_per_tile, "achieved_gflops": thr * flops_per_tile / 1e9,
             "fraction_of_matmul_peak": thr * flops_per_tile / 1e9 / peak, "device": device, "rounds": rounds,
         })
@@ -173,17 +174,20 @@ def main(
 
 def markdown(result: dict) -> str:
     m = result["machine"]
-    lines = [f"`{result['profile']}` `{result['size']}` on {m['device']} (fp32 matmul peak {m['matmul_peak_gflops']:.0f} GFLOP/s), "
+    lines = [f"`{result['profile']}` `{result['size']}` on {m['device']} "
+             f"(fp32 matmul peak {m['matmul_peak_gflops']:.0f} GFLOP/s), "
              f"torch {m['torch']}; ratios are against eager PyTorch measured in the same run.", "",
              "Peak RSS is the whole process while that backend ran (backends loaded earlier stay resident); "
              "'+RSS' is what running it added on top.", "",
-             "| backend | batch | tiles/s | x eager | p50 ms | p90 ms | p99 ms | km²/s | GFLOP/s | % peak | peak RSS MB | +RSS MB | argmax agreement |",
+             "| backend | batch | tiles/s | x eager | p50 ms | p90 ms | p99 ms | km²/s | GFLOP/s | % peak "
+             "| peak RSS MB | +RSS MB | argmax agreement |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(result["records"], key=lambda r: (r["batch"], r["backend"])):
         lat = r["latency_ms"]
         lines.append(f"| {r['backend']} | {r['batch']} | {r['throughput']:.2f} | {r['speedup_vs_eager']:.2f} | "
                      f"{lat['p50']:.1f} | {lat['p90']:.1f} | {lat['p99']:.1f} | {r['km2_per_s']:.1f} | "
-                     f"{r['achieved_gflops']:.0f} | {100 * r['fraction_of_matmul_peak']:.0f} | {r['peak_mem_mb']:.0f} | "
+                     f"{r['achieved_gflops']:.0f} | {100 * r['fraction_of_matmul_peak']:.0f} | "
+                     f"{r['peak_mem_mb']:.0f} | "
                      f"{r['peak_mem_added_mb']:.0f} | "
                      f"{r['argmax_agreement']:.4f} |")
     for s in result["skipped"]:

@@ -115,7 +115,8 @@ def worker(build_dir: Path, scene_dir: Path, backend: str, out: Path) -> dict:
 
 
 def main(
-    sizes: Annotated[str, typer.Option(help="Comma-separated scene sizes WIDTHxHEIGHT (or one number: square).")] = "8192x2048,8192x8192",
+    sizes: Annotated[str, typer.Option(
+        help="Comma-separated scene sizes WIDTHxHEIGHT (or one number: square).")] = "8192x2048,8192x8192",
     backend: Annotated[str, typer.Option()] = "onnxruntime",
     profile: Annotated[str, typer.Option()] = "sentinel2-scd",
     build_dir: Annotated[Path | None, typer.Option()] = None,
@@ -159,7 +160,8 @@ def main(
         r.update(width_px=width, height_px=height, km2=km2, km2_per_s=km2 / r["seconds"],
                  seconds_per_s2_scene=(S2_SCENE_PX * prof.gsd_m / 1000) ** 2 / (km2 / r["seconds"]))
         records.append(r)
-        print(f"{width} x {height} px: {r['seconds']:.1f} s, {r['km2_per_s']:.2f} km2/s, peak RSS {r['peak_rss_mb']:.0f} MB, "
+        print(f"{width} x {height} px: {r['seconds']:.1f} s, {r['km2_per_s']:.2f} km2/s, "
+              f"peak RSS {r['peak_rss_mb']:.0f} MB, "
               f"~{r['seconds_per_s2_scene']:.0f} s per Sentinel-2 scene")
     result["records"] = records
     atomic_write(out, lambda tmp: tmp.write_text(json.dumps(result, indent=2) + "\n"))

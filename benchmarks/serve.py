@@ -97,7 +97,8 @@ def main(
     profile: Annotated[str, typer.Option()] = "sentinel2-scd",
     concurrency: Annotated[str, typer.Option()] = "1,2,4,8,16",
     interval: Annotated[int, typer.Option(help="perf_analyzer measurement window, ms.")] = 5000,
-    tune: Annotated[bool, typer.Option(help="Measure the TUNING configurations first (concurrency 8, float input).")] = True,
+    tune: Annotated[bool, typer.Option(
+        help="Measure the TUNING configurations first (concurrency 8, float input).")] = True,
     build_dir: Annotated[Path | None, typer.Option()] = None,
     out: Annotated[Path, typer.Option()] = Path("benchmarks/results/serve_cpu.json"),
 ) -> None:
@@ -119,14 +120,16 @@ def main(
     levels = [int(v) for v in concurrency.split(",")]
     result = {"profile": prof.name, "command": " ".join(["python", *sys.argv]),
               "server": "stsun serve: tritonserver 2.51 (nvidia-pytriton 0.7.0) python backend + onnxruntime CPU, "
-                        "behind the stsun HTTP guard", "client": "perf_analyzer 2.51, HTTP, binary tensors, 1 tile per request",
+                        "behind the stsun HTTP guard",
+              "client": "perf_analyzer 2.51, HTTP, binary tensors, 1 tile per request",
               "machine": f"{os.cpu_count()} CPU cores, no GPU; server and client share them",
               "tuning": [], "records": [], "guard": []}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         pa = perf_analyzer(tmp)
         forms = {"float32 x -> logits": (prof.name, input_file(tmp / "x.json", "x", x[0]), x[0].nbytes),
-                 f"{s.dtype} dn -> maps + logits": (f"{prof.name}-dn", input_file(tmp / "dn.json", "dn", dn), dn.nbytes)}
+                 f"{s.dtype} dn -> maps + logits": (f"{prof.name}-dn", input_file(tmp / "dn.json", "dn", dn),
+                                                    dn.nbytes)}
 
         def serve(config: ServingConfig) -> Supervisor:
             repo = tmp / "repo"
@@ -151,7 +154,8 @@ def main(
                 for c in levels:
                     r = measure(pa, model, sup.http_url, data, c, interval, tmp / f"{model}-{c}.csv")
                     result["records"].append({"input": form, "model": model, "request_tensor_bytes": nbytes, **r})
-                    print(f"{form:28s} concurrency {c:2d}: {r['throughput']:6.2f} inf/s, p50 {r['latency_ms']['p50']:5.0f} ms, "
+                    print(f"{form:28s} concurrency {c:2d}: {r['throughput']:6.2f} inf/s, "
+                          f"p50 {r['latency_ms']['p50']:5.0f} ms, "
                           f"p99 {r['latency_ms']['p99']:5.0f} ms, server queue {r['server_ms']['queue']:5.0f} ms, "
                           f"compute {r['server_ms']['compute']:4.0f} ms")
             model, data, _ = forms["float32 x -> logits"]
@@ -161,7 +165,8 @@ def main(
                                             sup.server.http_url, {ADMIN_HEADER: sup.server.admin_key})):
                     r = measure(pa, model, url, data, c, interval, tmp / "guard.csv", headers)
                     result["guard"].append({"via": where, **r})
-                    print(f"via {where:22s} concurrency {c}: {r['throughput']:6.2f} inf/s, p50 {r['latency_ms']['p50']:4.0f} ms")
+                    print(f"via {where:22s} concurrency {c}: {r['throughput']:6.2f} inf/s, "
+                          f"p50 {r['latency_ms']['p50']:4.0f} ms")
     atomic_write(out, lambda t: t.write_text(json.dumps(result, indent=2) + "\n"))
     plot(result, out.with_suffix(".png"))
 

@@ -34,7 +34,8 @@ def export_aoti(folded: FoldedSTSUN, profile: Profile, path: Path, max_batch: in
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "model.pt2"
         aoti_compile_and_package(program, package_path=str(out),
-                                 inductor_configs={"aot_inductor.metadata": cpp_metadata(profile, {"device": device, **meta})})
+                                 inductor_configs={"aot_inductor.metadata": cpp_metadata(profile,
+                                                                                         {"device": device, **meta})})
         path.parent.mkdir(parents=True, exist_ok=True)
         staged = path.with_name(f".{path.name}.tmp")
         shutil.copyfile(out, staged)

@@ -33,11 +33,14 @@ def build_command(
                                                     "of this profile, or on --data's calibration tiles (for a sensor "
                                                     "the checkpoint never saw).")] = False,
     data: Annotated[Optional[list[Path]], typer.Option(
-        metavar="PATH", help="Your imagery, for int8 and BatchNorm calibration and the fidelity gates instead of generated tiles: "
+        metavar="PATH",
+        help="Your imagery, for int8 and BatchNorm calibration and the fidelity gates instead of generated tiles: "
              "a dataset folder (as `stsun train --data`), a predict-many manifest, or a scene's dates (--data once "
              "per date). Labelled data gates fp16/int8 on the task metric.")] = None,
-    cpp: Annotated[bool, typer.Option(help="Also write an AOTInductor package (model.fp32.pt2) for C++ services.")] = False,
-    attention: Annotated[str, typer.Option(metavar="NAME", help="How LGWA attention reaches TensorRT: 'tensorrt' (MatMul/Softmax for "
+    cpp: Annotated[bool, typer.Option(
+        help="Also write an AOTInductor package (model.fp32.pt2) for C++ services.")] = False,
+    attention: Annotated[str, typer.Option(metavar="NAME", help="How LGWA attention reaches TensorRT: "
+                                                "'tensorrt' (MatMul/Softmax for "
                                                 "TensorRT to fuse) or 'plugin' (the fused Triton kernel as the "
                                                 "stsun::WindowAttention plugin, PTX for sm_80/sm_90).")] = "tensorrt",
 ) -> None:

@@ -30,7 +30,8 @@ def build_example(build_dir: Path, jobs: int = 2) -> Path:
     (with CMake's output) when a step fails."""
     import torch.utils
 
-    subprocess.run(["cmake", "-S", str(SOURCE), "-B", str(build_dir), f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}",
+    subprocess.run(["cmake", "-S", str(SOURCE), "-B", str(build_dir),
+                    f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}",
                     "-DCMAKE_BUILD_TYPE=Release"], check=True, capture_output=True, text=True)
     subprocess.run(["cmake", "--build", str(build_dir), "-j", str(jobs)], check=True, capture_output=True, text=True)
     return build_dir / "stsun_example"

@@ -90,7 +90,8 @@ class ReadAhead:
                 for t, r in enumerate(self.readers):
                     out = np.empty((r.profile.c_in, int(w.height), int(w.width)), dtype)
                     groups: list[int | None] = list(range(len(r.groups))) + ([None] if r.quality is not None else [])
-                    self.pending[(i, t)] = (out, [self.threads[(t, g)].submit(self._read, t, i, g, out) for g in groups])
+                    self.pending[(i, t)] = (out, [self.threads[(t, g)].submit(self._read, t, i, g, out)
+                                                  for g in groups])
                 self.submitted += 1
 
     def strip(self, t: int, window, dtype) -> tuple[np.ndarray, np.ndarray]:

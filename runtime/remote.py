@@ -182,5 +182,6 @@ def redact_text(text: str) -> str:
     return re.sub(r"(?:https?|s3)://[^\s'\"]+", lambda m: redact(m.group(0)), text)
 
 
-__all__ = ["GDAL_REMOTE", "as_url", "gdal_config", "gdal_env", "gdal_path", "is_remote", "read_text", "redact", "redact_text",
+__all__ = ["GDAL_REMOTE", "as_url", "gdal_config", "gdal_env", "gdal_path", "is_remote", "read_text", "redact",
+           "redact_text",
            "request_payer", "s3_client", "s3_endpoint", "split_s3"]

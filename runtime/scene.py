@@ -127,7 +127,8 @@ def open_dates(paths: list[Path], engine: Engine, options: SceneOptions,
     grid = native_grid(dates[0], p)
     if grid.crs is None:
         warnings.warn(f"{dates[0].source} has no CRS: the dates are matched by pixel position only and the map "
-                      f"carries no georeferencing (areas assume the profile's {p.gsd_m:g} m pixels)", StsunWarning, stacklevel=2)
+                      f"carries no georeferencing (areas assume the profile's {p.gsd_m:g} m pixels)",
+                      StsunWarning, stacklevel=2)
     for date in dates[1:]:
         own = native_grid(date, p)
         if own == grid:

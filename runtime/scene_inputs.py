@@ -351,7 +351,8 @@ def _from_stac(path: Path | str, profile: Profile) -> DateInput:  # noqa: C901 -
             if scale is None and given is not None:  # an offset alone is in the profile's scaled units
                 scale = profile.scaling.scale
             if offset_applies and given is None:
-                scale = None  # a scale without the offset the baseline adds: scaled as the profile says, offset asked for
+                # a scale without the offset the baseline adds: scaled as the profile says, offset asked for
+                scale = None
             offset = float(given or 0.0)
             for k in names & set(wanted):
                 # rank: a single-band asset before a band of a multi-band one (``visual``), an asset
@@ -367,7 +368,8 @@ def _from_stac(path: Path | str, profile: Profile) -> DateInput:  # noqa: C901 -
         best = min(rank for rank, _ in candidates)
         top = list(dict.fromkeys(s for rank, s in candidates if rank == best))
         if len(top) > 1:
-            raise SceneError(f"{path}: several assets claim band {wanted[k]} equally ({', '.join(s.path for s in top)})")
+            raise SceneError(f"{path}: several assets claim band {wanted[k]} equally "
+                             f"({', '.join(s.path for s in top)})")
         chosen[k] = top[0]
     for s in chosen.values():
         if not is_remote(s.path) and not Path(s.path).is_file():
@@ -414,7 +416,8 @@ class Grid:
         return array_bounds(self.height, self.width, self.transform)  # west, south, east, north
 
     def describe(self) -> str:
-        return f"CRS {self.crs}, {self.width} x {self.height} px, origin ({self.transform.c:g}, {self.transform.f:g}), " \
+        return f"CRS {self.crs}, {self.width} x {self.height} px, " \
+               f"origin ({self.transform.c:g}, {self.transform.f:g}), " \
                f"pixel {self.transform.a:g} m"
 
 
@@ -443,7 +446,8 @@ def native_grid(date: DateInput, profile: Profile) -> Grid:
             grids.append(Grid(src.crs, src.transform, src.width, src.height))
     finest = min(grids, key=lambda g: abs(g.transform.a))
     res = abs(finest.transform.a)
-    if len(grids) == 1 or finest.crs is None or finest.crs.is_geographic or abs(res - profile.gsd_m) <= 0.01 * profile.gsd_m:
+    if (len(grids) == 1 or finest.crs is None or finest.crs.is_geographic
+            or abs(res - profile.gsd_m) <= 0.01 * profile.gsd_m):
         return finest
     west, south, east, north = finest.bounds
     width, height = round((east - west) / profile.gsd_m), round((north - south) / profile.gsd_m)
@@ -610,7 +614,7 @@ class DateReader:
 
     def read_into(self, window, out: np.ndarray) -> np.ndarray:
         """Write the window's model input into ``out`` (C_in, h, w; or the raw values when ``out`` is
-        not float32, for a reader that ``reads_raw``) and return a (h, w) mask, True where every band has data (and the quality band, when masking, does not flag the pixel)."""
+        not float32, for a reader that ``reads_raw``) and return a (h, w) mask, True where every band has data (and the quality band, when masking, does not flag the pixel)."""  # noqa: E501
         valid = np.ones(out.shape[1:], bool)
         for i in range(len(self.groups)):
             valid &= self.read_group(i, window, out)
@@ -656,5 +660,6 @@ class DateReader:
         return (code.astype(np.int64) & bits) == 0
 
 
-__all__ = ["BandScaling", "BandSource", "DateInput", "DateReader", "Grid", "band_key", "band_order", "io_failure", "native_grid",
+__all__ = ["BandScaling", "BandSource", "DateInput", "DateReader", "Grid", "band_key", "band_order", "io_failure",
+           "native_grid",
            "resolve_date"]

@@ -61,5 +61,6 @@ class StsunWarning(UserWarning):
     as one ``warning:`` line)."""
 
 
-__all__ = ["StsunError", "ProfileError", "CheckpointError", "InputError", "DatasetError", "BuildError", "AotError", "EngineError",
+__all__ = ["StsunError", "ProfileError", "CheckpointError", "InputError", "DatasetError", "BuildError", "AotError",
+           "EngineError",
            "SceneError", "ServerError", "ManifestError", "ClusterError", "StsunWarning"]

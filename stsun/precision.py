@@ -43,8 +43,10 @@ PRECISIONS: dict[str, Precision] = {p.name: p for p in (
     Precision("fp32", "float32", 0.9999, 1e-3, onnx=True, kernel=True),
     Precision("fp16", "float16", 0.99, None, onnx=True, kernel=True, max_metric_drop=0.5,
               note="normalisations and softmax stay fp32 in the ONNX"),
-    Precision("bf16", "bfloat16", 0.99, None, onnx=False, kernel=True, max_metric_drop=0.5, note="compiled backend on a GPU"),
-    Precision("int8", None, 0.99, None, onnx=True, kernel=False, max_metric_drop=1.0, note="onnxruntime CPU, static QDQ"),
+    Precision("bf16", "bfloat16", 0.99, None, onnx=False, kernel=True, max_metric_drop=0.5,
+              note="compiled backend on a GPU"),
+    Precision("int8", None, 0.99, None, onnx=True, kernel=False, max_metric_drop=1.0,
+              note="onnxruntime CPU, static QDQ"),
 )}
 ONNX_PRECISIONS = tuple(n for n, p in PRECISIONS.items() if p.onnx)
 KERNEL_PRECISIONS = tuple(n for n, p in PRECISIONS.items() if p.kernel)

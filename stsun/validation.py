@@ -33,7 +33,8 @@ def check_tiles(x, *, t_in: int, c_in: int, tile_size: int | None, allowed_dtype
     if tile_size is not None and (h, w) != (tile_size, tile_size):
         raise InputError(f"{context}: wrong tile size: expected {tile_size} x {tile_size}, got {h} x {w}")
     if tile_multiple is not None and (h != w or h % tile_multiple):
-        raise InputError(f"{context}: tile must be square with a side that is a multiple of {tile_multiple}, got {h} x {w}")
+        raise InputError(f"{context}: tile must be square with a side that is a multiple of {tile_multiple}, "
+                         f"got {h} x {w}")
     dtype = str(x.dtype).removeprefix("torch.")
     if dtype not in allowed_dtypes:
         raise InputError(f"{context}: wrong dtype: expected {' or '.join(allowed_dtypes)}, got {dtype}")

@@ -105,7 +105,8 @@ def test_mismatches_are_errors_naming_the_file(tmp_path, bcd_profile):
         open_dataset(root, bcd_profile)
     write_raster(root / "B" / "0001.png", np.zeros((3, 32, 32), np.uint8))
     write_raster(root / "label" / "0002.png", np.zeros((40, 32), np.uint8))
-    with pytest.raises(DatasetError, match=r"label/0002\.png: label of another size: 40 x 32, while .*A/0002\.png is 32 x 32"):
+    with pytest.raises(DatasetError, match=r"label/0002\.png: label of another size: 40 x 32, "
+                                           r"while .*A/0002\.png is 32 x 32"):
         open_dataset(root, bcd_profile)
     write_raster(root / "label" / "0002.png", np.full((32, 32), 7, np.uint8))
     ds = open_dataset(root, bcd_profile)
@@ -121,7 +122,8 @@ def test_mismatches_are_errors_naming_the_file(tmp_path, bcd_profile):
     write_raster(root / "label" / "0002.tif", np.zeros((32, 32), np.uint8))
     write_raster(root / "A" / "0002.png", np.zeros((4, 32, 32), np.uint8))
     ds = open_dataset(root, bcd_profile)
-    with pytest.raises(DatasetError, match=r"A/0002\.png: has 4 bands, profile 'aerial-bcd-256' expects 3 \(red, green, blue\)"):
+    with pytest.raises(DatasetError, match=r"A/0002\.png: has 4 bands, profile 'aerial-bcd-256' "
+                                           r"expects 3 \(red, green, blue\)"):
         ds.read(ds.sample("A/0002"))
     with pytest.raises(DatasetError, match=r"is a binary change detection .* profile 'sentinel2-ss' has task 'ss'"):
         open_dataset(root, load_profile("sentinel2-ss"))
@@ -151,7 +153,8 @@ def test_second_style_colour_labels_and_segmentation_class_indices(tmp_path):
                                            r"label_colours \(1 pixels\)"):
         ds.read(ds.samples()[0])
     plain = profile.model_copy(update={"label_colours": None})
-    with pytest.raises(DatasetError, match=r"00001\.png: an RGB colour label; give profile 'second-like' a \[label_colours\]"):
+    with pytest.raises(DatasetError, match=r"00001\.png: an RGB colour label; "
+                                           r"give profile 'second-like' a \[label_colours\]"):
         open_dataset(root, plain).read(ds.samples()[0])
 
     seg = load_profile("sentinel2-ss")
@@ -180,7 +183,8 @@ def test_geotiff_stacks_derive_the_task_targets(tmp_path):
     x, target = ds.read(ds.samples()[0])
     import rasterio
 
-    with rasterio.open(tmp_path / "aoi/scene1/labels_date1.tif") as a, rasterio.open(tmp_path / "aoi/scene1/labels_date2.tif") as b:
+    with (rasterio.open(tmp_path / "aoi/scene1/labels_date1.tif") as a,
+          rasterio.open(tmp_path / "aoi/scene1/labels_date2.tif") as b):
         la, lb = a.read(1).astype(np.int64), b.read(1).astype(np.int64)
     nodata = (la == 255) | (lb == 255)
     assert nodata.any() and (target[0][nodata] == IGNORE).all() and (x[:, :, nodata] == 0).all()
@@ -194,7 +198,8 @@ def test_geotiff_stacks_derive_the_task_targets(tmp_path):
     ds = open_dataset(tmp_path / "aoi", bcd)
     assert ds.sample("scene2").label_kind == "target"
     (tmp_path / "aoi/scene2/date2.tif").unlink()
-    with pytest.raises(DatasetError, match=r"scene .*scene2: missing date2\.tif \(profile 'sentinel2-bcd' has t_in=2\)"):
+    with pytest.raises(DatasetError, match=r"scene .*scene2: missing date2\.tif "
+                                           r"\(profile 'sentinel2-bcd' has t_in=2\)"):
         open_dataset(tmp_path / "aoi", bcd)
 
 
@@ -248,7 +253,8 @@ def test_holdout_by_samples_or_by_the_bottom_of_one_image(tmp_path, bcd_profile)
     train, val, _ = holdout(ds, 0.2, seed=0)
     assert [r.rows for r in train] == [(0, 444)] and [r.rows for r in val] == [(444, 700)]
     assert isinstance(val[0], Region) and val[0].height == 256
-    with pytest.raises(DatasetError, match=r"aoi\.png: one image of 700 rows cannot give a validation strip of 490 rows"):
+    with pytest.raises(DatasetError, match=r"aoi\.png: one image of 700 rows "
+                                           r"cannot give a validation strip of 490 rows"):
         holdout(ds, 0.7, seed=0)
 
 
@@ -256,9 +262,11 @@ def test_profile_colour_table_is_validated_naming_the_field():
     base = load_profile("whu-cd-scd").model_dump()
     with pytest.raises(ProfileError, match=r"field 'label_colours': .*classes \['building'\] have no colour"):
         profile_from_dict({**base, "label_colours": {"no change": [255, 255, 255]}})
-    with pytest.raises(ProfileError, match=r"field 'label_colours\.building\.0': Input should be less than or equal to 255"):
+    with pytest.raises(ProfileError, match=r"field 'label_colours\.building\.0': "
+                                           r"Input should be less than or equal to 255"):
         profile_from_dict({**base, "label_colours": {"building": [256, 0, 0]}})
-    with pytest.raises(ProfileError, match=r"\['no change'\] are neither classes of this profile nor one of \['ignore'\]"):
+    with pytest.raises(ProfileError, match=r"\['no change'\] are neither classes of this profile "
+                                           r"nor one of \['ignore'\]"):
         profile_from_dict({**load_profile("levir-cd-bcd").model_dump(),
                            "label_colours": {"change": [255, 255, 255], "no change": [0, 0, 0]}})
 

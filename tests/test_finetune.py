@@ -77,7 +77,8 @@ def test_the_trained_checkpoint_builds_and_its_onnx_scores_the_same(bcd):
     assert report["passed"] and {a["name"] for a in report["artifacts"]} >= {"folded", "onnx-fp32"}
     res = CliRunner().invoke(app, ["evaluate", "--data", str(bcd["data"]), "--profile", str(bcd["profile"]),
                                    "--checkpoint", str(bcd["out"]), "--engine", str(build),
-                                   "--out", str(bcd["tmp"] / "eval_onnx.json"), "--figure", str(bcd["tmp"] / "eval.png")])
+                                   "--out", str(bcd["tmp"] / "eval_onnx.json"),
+                                   "--figure", str(bcd["tmp"] / "eval.png")])
     assert res.exit_code == 0, res.output
     # a figure of the user's first tile: both dates, the label and both predictors' maps
     assert (bcd["tmp"] / "eval.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "wrote " in res.output

@@ -32,7 +32,8 @@ def test_dry_run_runs_every_section(tmp_path):
     assert lines[0].startswith("device: ") and "torch" in lines[0]
     assert [line.split()[0] for line in lines[1:]] == SECTIONS  # one summary line per section, in order
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        [f"{s}_gpu.json" for s in SECTIONS] + ["gpu_summary.json", "gpu_log.txt"])  # 8 files: what a device call returns
+        # 8 files: what a device call returns
+        [f"{s}_gpu.json" for s in SECTIONS] + ["gpu_summary.json", "gpu_log.txt"])
     files = {s: json.loads((out / f"{s}_gpu.json").read_text()) for s in SECTIONS}
     for name, data in files.items():
         assert data["complete"] and data["status"] == "ok" and data["dry_run"], name

@@ -101,7 +101,8 @@ def test_torch_backends_name_the_build_extra() -> None:
     assert done.stdout.strip() == "torch not installed (pip install 'stsun[build]') None", done.stderr
 
 
-def test_predict_with_onnxruntime_and_eager_ends_in_one_line(build_dir: Path, scene: list[Path], tmp_path: Path) -> None:
+def test_predict_with_onnxruntime_and_eager_ends_in_one_line(build_dir: Path, scene: list[Path],
+                                                             tmp_path: Path) -> None:
     out = tmp_path / "map.tif"
     done = stsun("predict", *map(str, scene), "-o", str(out), "--engine", str(build_dir), "--backend", "onnxruntime")
     assert done.returncode == 0, done.stderr
@@ -120,7 +121,8 @@ def test_predict_with_onnxruntime_and_eager_ends_in_one_line(build_dir: Path, sc
     eager = stsun("predict", *map(str, scene), "-o", str(tmp_path / "eager.tif"), "--engine", str(build_dir),
                   "--backend", "eager")
     assert eager.returncode == 2
-    assert eager.stderr.strip() == "error: this needs the build extra (torch is not installed): pip install 'stsun[build]'"
+    assert eager.stderr.strip() == ("error: this needs the build extra (torch is not installed): "
+                                    "pip install 'stsun[build]'")
     assert not (tmp_path / "eager.tif").exists()
 
 

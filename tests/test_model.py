@@ -97,7 +97,8 @@ def test_global_window_equals_full_attention():
     torch.manual_seed(2)
     qkv = torch.randn(1, 12 * 10, 3 * 2 * 16)
     got = window_attention_reference(qkv, (12, 10), (12, 10), 2)
-    torch.testing.assert_close(got.double(), explicit_window_attention(qkv, (12, 10), (12, 10), 2), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got.double(), explicit_window_attention(qkv, (12, 10), (12, 10), 2),
+                               rtol=1e-5, atol=1e-5)
 
 
 def test_gradients_reach_every_parameter():

@@ -225,14 +225,16 @@ def test_json_and_csv_manifests_resolve_dates_relative_to_the_manifest(tmp_path)
     (tmp_path / "m" / "jobs.json").write_text(json.dumps([{"id": "a", "dates": ["x/1.tif", "/abs/2.tif"]}]))
     (tmp_path / "m" / "jobs.csv").write_text("id,date1,date2\na,x/1.tif,/abs/2.tif\nb,../y,z.json\n\n")
     base = str((tmp_path / "m").resolve())
-    assert read_manifest(tmp_path / "m" / "jobs.json", 2, tmp_path).jobs == [Job("a", (f"{base}/x/1.tif", "/abs/2.tif"))]
+    assert read_manifest(tmp_path / "m" / "jobs.json", 2, tmp_path).jobs == [
+        Job("a", (f"{base}/x/1.tif", "/abs/2.tif"))]
     assert read_manifest(tmp_path / "m" / "jobs.csv", 2, tmp_path).jobs == [
         Job("a", (f"{base}/x/1.tif", "/abs/2.tif")), Job("b", (str(tmp_path.resolve() / "y"), f"{base}/z.json"))]
 
 
 @pytest.mark.parametrize("name, text, message", [
     ("j.json", [{"dates": ["a", "b"]}], "entry 1 has no \"id\""),
-    ("j.json", [{"id": "a", "dates": ["a", "b"]}, {"id": "a", "dates": ["c", "d"]}], "job id 'a' appears more than once"),
+    ("j.json", [{"id": "a", "dates": ["a", "b"]}, {"id": "a", "dates": ["c", "d"]}],
+     "job id 'a' appears more than once"),
     ("j.json", [{"id": "a", "dates": ["a"]}], "job 'a' has 1 date\\(s\\); the profile needs 2 \\(T_in\\)"),
     ("j.json", [{"id": "../up", "dates": ["a", "b"]}], "job id '../up' cannot name a file"),
     ("j.json", [{"id": "a", "dates": "a.tif"}], "\"dates\" must be a list of paths"),
@@ -332,7 +334,8 @@ def test_cli_refuses_a_bad_manifest_before_any_cluster_starts(build, tmp_path):
 
     from stsun.app.cli import app
 
-    (tmp_path / "jobs.json").write_text(json.dumps([{"id": "a", "dates": ["x", "y"]}, {"id": "a", "dates": ["x", "y"]}]))
+    (tmp_path / "jobs.json").write_text(json.dumps([{"id": "a", "dates": ["x", "y"]},
+                                                    {"id": "a", "dates": ["x", "y"]}]))
     start = time.perf_counter()
     res = CliRunner().invoke(app, ["predict-many", str(tmp_path / "jobs.json"), "--engine", str(build),
                                    "-o", str(tmp_path / "out")])

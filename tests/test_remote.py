@@ -100,7 +100,8 @@ def test_http_and_s3_stac_items_give_the_local_map(engine, local_map, http, s3, 
 def test_s3_output_is_a_valid_cog_with_its_stac_item(build, stac, s3, tmp_path):
     from rio_cogeo.cogeo import cog_validate
 
-    cmd = [sys.executable, "-m", "stsun", "predict", str(stac / "date1" / "item.json"), str(stac / "date2" / "item.json"),
+    cmd = [sys.executable, "-m", "stsun", "predict", str(stac / "date1" / "item.json"),
+           str(stac / "date2" / "item.json"),
            "--engine", str(build), "-o", f"s3://{BUCKET}/results/map.tif"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stderr

@@ -93,7 +93,8 @@ def test_imported_ckpt_builds_and_runs_scenes(authors, tmp_path):
     assert "--profile tscd-bcd --checkpoint" in result.output
     research = json.loads(ours.with_suffix(".json").read_text())["research"]
     assert {k: research[k] for k in ("dataset", "task_index", "t_in", "t_out", "classes", "tile_size", "profile")} == \
-        {"dataset": "tscd", "task_index": 3, "t_in": 4, "t_out": 3, "classes": 1, "tile_size": 256, "profile": "tscd-bcd"}
+        {"dataset": "tscd", "task_index": 3, "t_in": 4, "t_out": 3, "classes": 1, "tile_size": 256,
+         "profile": "tscd-bcd"}
     assert research["dropped_unread_tensors"] == list(UNREAD) and research["heads"] == 16
 
     profile = load_profile("tscd-bcd")

@@ -148,11 +148,13 @@ def test_probabilities_output(scd_build, tmp_path):
     assert probs.shape == (2 * 6, 256, 256) and prof["dtype"] == "float32"
     np.testing.assert_allclose(probs.reshape(2, 6, 256, 256).sum(axis=1), 1.0, atol=1e-4)
     with rasterio.open(tmp_path / "p.probs.tif") as src:
-        assert src.tags()["profile"] == "sentinel2-scd" and src.tags()["classes"].split(",") == list(engine.profile.classes)
+        assert (src.tags()["profile"] == "sentinel2-scd"
+                and src.tags()["classes"].split(",") == list(engine.profile.classes))
     # the summary counts what the map holds
     bands = read(tmp_path / "p.tif")[0]
     valid = bands[0] != 255
-    assert summary["km2"] == pytest.approx(valid.sum() * 1e-4) and summary["valid_share"] == pytest.approx(valid.mean(), abs=1e-4)
+    assert (summary["km2"] == pytest.approx(valid.sum() * 1e-4)
+            and summary["valid_share"] == pytest.approx(valid.mean(), abs=1e-4))
     water = engine.profile.classes.index("water")
     assert summary["bands"]["class_date2"]["water"] == pytest.approx((bands[1][valid] == water).mean(), abs=1e-4)
     assert summary["changed_km2"]["fromto_date1_to_date2"] == pytest.approx((bands[2][valid] > 0).sum() * 1e-4)

@@ -47,7 +47,8 @@ def prestack(paths, profile, grid_file, out):
             with rasterio.open(paths[band]) as src:
                 reproject(rasterio.band(src, 1), stack[i], dst_transform=ref.transform, dst_crs=ref.crs,
                           resampling=Resampling.bilinear, src_nodata=0, dst_nodata=0)
-    with rasterio.open(out, "w", **{k: v for k, v in meta.items() if k not in ("blockxsize", "blockysize", "tiled")}) as dst:
+    with rasterio.open(out, "w", **{k: v for k, v in meta.items()
+                                    if k not in ("blockxsize", "blockysize", "tiled")}) as dst:
         dst.write(stack)
         for i, band in enumerate(profile.band_names):
             dst.set_band_description(i + 1, band)
@@ -115,9 +116,10 @@ def test_safe_product_prefers_the_finest_band_and_masks_clouds(s2, tmp_path):
                       root, driver="JP2OpenJPEG", suffix=".jp2")
         with rasterio.open(paths["B2"]) as b02, rasterio.open(paths["B5"]) as b05:
             data = b02.read(1)
-            write_band(root / "R20m" / "T33UUP_B02_20m.jp2", coarsen(data), b05.transform, b05.crs, driver="JP2OpenJPEG")
-            write_band(root / "R60m" / "T33UUP_B02_60m.jp2", coarsen(data, 4)[:64, :64], b05.transform * Affine.scale(3),
-                       b05.crs, driver="JP2OpenJPEG")
+            write_band(root / "R20m" / "T33UUP_B02_20m.jp2", coarsen(data), b05.transform, b05.crs,
+                       driver="JP2OpenJPEG")
+            write_band(root / "R60m" / "T33UUP_B02_60m.jp2", coarsen(data, 4)[:64, :64],
+                       b05.transform * Affine.scale(3), b05.crs, driver="JP2OpenJPEG")
             scl = np.full((256, 256), 4, np.uint8)  # 4 = vegetation
             if t == 1:
                 scl[0:64, 0:64] = 9  # cloud, high probability: the top-left 128 x 128 px at 10 m
@@ -238,7 +240,8 @@ def test_stac_item_with_scale_and_common_names(s2, tmp_path):
         (d / "item.json").write_text(json.dumps(item))
         items.append(d / "item.json")
     resolved = resolve_date(items[0], profile)
-    assert resolved.kind == "STAC item" and next(s for s in resolved.bands if s.band == "B11").scale == profile.scaling.scale
+    assert (resolved.kind == "STAC item"
+            and next(s for s in resolved.bands if s.band == "B11").scale == profile.scaling.scale)
     out = predict_scene(engine, items, tmp_path / "stac.tif", SceneOptions(progress=False))
     flat = [tmp_path / f"stac{t}" for t in range(2)]
     for t in range(2):  # the same files as a band directory, B11 restored to plain DNs
@@ -300,7 +303,8 @@ def test_written_map_is_as_compact_as_a_fresh_copy(s2, tmp_path):
         fresh = tmp_path / f"fresh-{path.name}"
         rasterio.shutil.copy(plain, fresh, driver="COG", COMPRESS="DEFLATE", PREDICTOR="YES", BLOCKSIZE=256,
                              OVERVIEW_RESAMPLING="MODE" if path == out else "AVERAGE")
-        assert path.stat().st_size <= 1.10 * fresh.stat().st_size, (path.name, path.stat().st_size, fresh.stat().st_size)
+        assert path.stat().st_size <= 1.10 * fresh.stat().st_size, (path.name, path.stat().st_size,
+                                                                    fresh.stat().st_size)
 
 
 def test_aligned_coarse_bands_are_read_like_warping(tmp_path):

@@ -218,7 +218,8 @@ def test_many_large_uploads_wait_for_room(served, local):
     # two are read and cut off; the others waited for room as long (503) or got it as they left
     assert len(answers) == 6 and answers.count(b"HTTP/1.1 408 Request Timeout") >= 2, answers
     assert set(answers) <= {b"HTTP/1.1 408 Request Timeout", b"HTTP/1.1 503 Service Unavailable"}, answers
-    assert grown[served.proc.pid] < 1_000_000, f"the guard grew by {grown[served.proc.pid] / 1e6:.2f} GB (6 x 0.3 GB sent)"
+    assert grown[served.proc.pid] < 1_000_000, (f"the guard grew by {grown[served.proc.pid] / 1e6:.2f} GB "
+                                                "(6 x 0.3 GB sent)")
     assert_serves_correctly(served, local, pid, seed=14)
 
 
@@ -253,7 +254,8 @@ def test_malformed_requests_are_4xx_never_500(served, local):
         "null in FP32 data": json_body(flat + [None]),
         "a boolean in FP32 data": json_body(flat + [True]),
         "an object in FP32 data": json_body(flat + [{"v": 0.1}]),
-        "binary_data_size -4": (negative + x.tobytes(), {**headers, "Inference-Header-Content-Length": str(len(negative))}),
+        "binary_data_size -4": (negative + x.tobytes(),
+                                {**headers, "Inference-Header-Content-Length": str(len(negative))}),
         "NaN token": (json_body([0.1] * n)[0].replace(b"[0.1,", b"[NaN,", 1), {}),
         "an input name that is a list": (json.dumps({"inputs": [{"name": ["x"], "datatype": "FP32",
                                                                  "shape": [1], "data": [0]}]}).encode(), {}),

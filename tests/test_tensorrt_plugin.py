@@ -25,7 +25,8 @@ WINDOWS = ((16, 16), (32, 8), (32, 32))
 @pytest.fixture(scope="module")
 def contract_kernels() -> dict:
     """Every parametrised case compiled in one child process (one start-up instead of 18)."""
-    requests = [(AttentionSpec(win_h=w[0], win_w=w[1], dtype=d, **LARGE), a) for a in ARCHS for d in DTYPES for w in WINDOWS]
+    requests = [(AttentionSpec(win_h=w[0], win_w=w[1], dtype=d, **LARGE), a)
+                for a in ARCHS for d in DTYPES for w in WINDOWS]
     return {(r[0].win_h, r[0].win_w, r[0].dtype, r[1]): k for r, k in zip(requests, compile_many(requests))}
 
 
@@ -113,8 +114,8 @@ def test_plugin_mode_rejects_int8(tmp_path):
                     reason=f"TensorRT plugin engine: {tensorrt_unavailable_reason()}")
 def test_tensorrt_engine_with_the_plugin(tmp_path):
     """Where TensorRT and a GPU exist: engines built with the AOT plugin pass the fidelity gates."""
-    report = build_artifacts(load_profile("sentinel2-bcd"), tmp_path, size="tiny", precisions=("fp32", "fp16"), max_batch=2,
-                   fidelity_tiles=2, attention="plugin")
+    report = build_artifacts(load_profile("sentinel2-bcd"), tmp_path, size="tiny", precisions=("fp32", "fp16"),
+                   max_batch=2, fidelity_tiles=2, attention="plugin")
     arts = {a["name"]: a for a in report["artifacts"]}
     assert report["tensorrt"]["built"] and report["passed"]
     assert arts["tensorrt-fp32"]["fidelity"]["argmax_agreement"] >= 0.9999

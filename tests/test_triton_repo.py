@@ -18,4 +18,5 @@ def test_committed_repository_equals_the_default_build(tmp_path):
     files = lambda root: sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file())  # noqa: E731
     assert files(tmp_path / "repo") == files(COMMITTED)
     stale = [str(f) for f in files(COMMITTED) if (COMMITTED / f).read_bytes() != (tmp_path / "repo" / f).read_bytes()]
-    assert not stale, f"regenerate: stsun triton-repo build/sentinel2-scd --repo triton_repo --intra-op-threads 1 ({stale})"
+    assert not stale, ("regenerate: stsun triton-repo build/sentinel2-scd --repo triton_repo "
+                       f"--intra-op-threads 1 ({stale})")

@@ -99,7 +99,8 @@ def test_run_many_keeps_requests_in_flight(served, protocol):
     before = stats.get_inference_statistics("sentinel2-scd")["model_stats"][0]
     outs = remote.run_many([x[i:i + 1] for i in range(6)])
     after = settled_stats(stats, before, 6)
-    np.testing.assert_allclose(np.concatenate(outs), load_engine(build_dir, backend="onnxruntime")(x), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(np.concatenate(outs), load_engine(build_dir, backend="onnxruntime")(x),
+                               rtol=0, atol=1e-5)
     inferences = after["inference_count"] - before["inference_count"]
     executions = after["execution_count"] - before["execution_count"]
     assert inferences == 6 and executions < inferences, (inferences, executions)

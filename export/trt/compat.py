@@ -70,5 +70,6 @@ def check_compat(model: onnx.ModelProto | str | Path, plugin_ops: tuple[str, ...
     for node in model.graph.node:
         if node.op_type in ("QuantizeLinear", "DequantizeLinear") and len(node.input) > 2 and node.input[2] in inits:
             if np.any(numpy_helper.to_array(inits[node.input[2]]) != 0):
-                problems.append(f"{node.op_type} {node.name}: non-zero zero point (TensorRT requires symmetric quantization)")
+                problems.append(f"{node.op_type} {node.name}: non-zero zero point "
+                                "(TensorRT requires symmetric quantization)")
     return CompatReport(not problems, table["tensorrt"], opset, dict(counts), problems[:50], plugins)

@@ -23,7 +23,8 @@ class PlanRunner:
             import pycuda.driver as cuda
             import tensorrt as trt
         except ImportError as err:
-            raise EngineError(f"the tensorrt backend needs tensorrt and pycuda (pip install 'stsun[gpu]'): {err}") from None
+            raise EngineError("the tensorrt backend needs tensorrt and pycuda "
+                              f"(pip install 'stsun[gpu]'): {err}") from None
         identity = json.loads(plan_path.with_suffix(".plan.json").read_text())
         if reason := plan_mismatch(identity):
             raise EngineError(f"{plan_path} was {reason}")

@@ -56,7 +56,8 @@ class TritonEngine(Engine):
     def device(self) -> str:
         return f"triton {self.protocol}://{self.url}"
 
-    def _request(self, x: np.ndarray, name: str = INPUT_NAME, outputs: tuple[str, ...] = (OUTPUT_NAME,)) -> tuple[list, list]:
+    def _request(self, x: np.ndarray, name: str = INPUT_NAME,
+                 outputs: tuple[str, ...] = (OUTPUT_NAME,)) -> tuple[list, list]:
         inp = self._client_mod.InferInput(name, list(x.shape), self._dtype(x.dtype))
         inp.set_data_from_numpy(x)
         return [inp], [self._client_mod.InferRequestedOutput(o) for o in outputs]
@@ -98,7 +99,8 @@ class TritonEngine(Engine):
         step = self.max_batch or len(dn)
         return [np.ascontiguousarray(dn[i:i + step]) for i in range(0, len(dn), step)]
 
-    def _in_flight(self, model: str, input_name: str, requests: list[np.ndarray], per_batch: list[int]) -> list[np.ndarray]:
+    def _in_flight(self, model: str, input_name: str, requests: list[np.ndarray],
+                   per_batch: list[int]) -> list[np.ndarray]:
         futures = []
         for b in requests:
             inputs, outputs = self._request(b, input_name)

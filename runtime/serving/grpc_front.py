@@ -38,7 +38,8 @@ def check_infer(request: pb.ModelInferRequest, limits: ModelLimits) -> None:
     request_id(request.id)
     for key, value in request.parameters.items():
         field = REQUEST_PARAMETERS.get(key)
-        if field is None or value.WhichOneof("parameter_choice") != field or not 0 <= getattr(value, field) <= INT64_MAX:
+        if (field is None or value.WhichOneof("parameter_choice") != field
+                or not 0 <= getattr(value, field) <= INT64_MAX):
             raise Refused(f"request parameter {key!r} is not accepted here (only a non-negative "
                           f"{' or '.join(REQUEST_PARAMETERS)})")
     if len(request.inputs) != len(limits.inputs):

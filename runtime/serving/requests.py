@@ -118,7 +118,8 @@ def _parameters(what: str, params: object, allowed: dict[str, type]) -> dict:
         kind = allowed[key]
         # bool is an int to Python, not to the protocol
         if type(value) is not kind or (kind is int and not 0 <= value <= INT64_MAX):
-            raise Refused(f"parameter {key!r} of {what} must be a {'non-negative 64-bit integer' if kind is int else 'boolean'}, "
+            raise Refused(f"parameter {key!r} of {what} must be a "
+                          f"{'non-negative 64-bit integer' if kind is int else 'boolean'}, "
                           f"got {value!r}")
     return params
 

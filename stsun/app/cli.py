@@ -97,7 +97,8 @@ class _OneLineErrors:
         except (StsunError, OSError) as err:
             if os.environ.get(DEBUG_ENV):
                 raise
-            message = str(err) if isinstance(err, StsunError) else f"{err.strerror or err}: {err.filename or ''}".rstrip(": ")
+            message = (str(err) if isinstance(err, StsunError)
+                       else f"{err.strerror or err}: {err.filename or ''}".rstrip(": "))
             _error_line(message or type(err).__name__)  # some OSErrors (a timeout) carry no text
             raise typer.Exit(2) from None
 
@@ -250,7 +251,8 @@ def demo(
                   f"(baseline 05.10, {q(w['safe1'].parent)}), STAC items ({q(stac)}) and a LEVIR-style dataset "
                   f"({q(w['levir'])}, profile {q(w['levir_profile'])}). Next:", soft_wrap=True)
     commands = [
-        *(["python export/build_engine.py --profile sentinel2-scd"] if not (build / "build_report.json").is_file() else []),
+        *(["python export/build_engine.py --profile sentinel2-scd"]
+          if not (build / "build_report.json").is_file() else []),
         f"stsun predict {q(w['scene'] / 'date1.tif')} {q(w['scene'] / 'date2.tif')} --build {build} "
         f"-o {q(out / 'scene.tif')} --preview {q(out / 'scene.png')}",
         f"stsun predict {q(w['safe1'])} {q(w['safe2'])} --build {build} -o {q(out / 'safe.tif')}",
@@ -435,8 +437,8 @@ def predict_many(
 
 @command("triton-repo")
 def triton_repo(
-    build_dir: Annotated[Optional[Path], typer.Argument(metavar="BUILD", hidden=True,
-                                                        help="The build directory (older spelling of --build).")] = None,
+    build_dir: Annotated[Optional[Path], typer.Argument(
+        metavar="BUILD", hidden=True, help="The build directory (older spelling of --build).")] = None,
     build: Build = None,
     output: Annotated[Path, typer.Option("-o", "--output", metavar="DIR",
                                          help="Model repository to write into.")] = Path("triton_repo"),
@@ -461,7 +463,8 @@ def triton_repo(
 
 @command()
 def serve(
-    repo: Annotated[Path, typer.Option(metavar="DIR", help="Model repository (from stsun triton-repo).")] = Path("triton_repo"),
+    repo: Annotated[Path, typer.Option(
+        metavar="DIR", help="Model repository (from stsun triton-repo).")] = Path("triton_repo"),
     http_port: Annotated[int, typer.Option(metavar="PORT", help="HTTP port (the guarded front; Triton's own HTTP "
                                                                 "port is internal).")] = 8000,
     grpc_port: Annotated[int, typer.Option(metavar="PORT", help="gRPC port (Triton's, serving only the client "
@@ -693,8 +696,10 @@ def import_research(
     from stsun.model.research_import import import_research as run_import
 
     path, settings = run_import(checkpoint, dataset, output, heads=heads, trust_pickle=trust_pickle)
-    console.print(f"wrote {path} (research variant, dataset '{dataset}': {settings['t_in']} -> {settings['t_out']} dates, "
-                  f"{settings['classes']} class(es), {settings['tile_size']} px tiles)", highlight=False, soft_wrap=True)
+    console.print(f"wrote {path} (research variant, dataset '{dataset}': "
+                  f"{settings['t_in']} -> {settings['t_out']} dates, "
+                  f"{settings['classes']} class(es), {settings['tile_size']} px tiles)",
+                  highlight=False, soft_wrap=True)
     if settings["profile"]:
         console.print(f"build it: stsun build --profile {settings['profile']} --checkpoint {path}",
                       highlight=False, soft_wrap=True)
@@ -725,7 +730,8 @@ def _train_synthetic(names: list[str], size: str, steps: int, batch: int, lr: Op
                                lr=lr or 2e-3, seed=seed, time_limit_s=1140.0 if time_limit is None else time_limit)
     info["command"] = "stsun " + " ".join(sys.argv[1:])
     path = save_checkpoint(model, output, extra={"training": info})
-    console.print(f"saved {path} after {info['steps_done']} steps ({info['seconds']} s), loss {info['final_loss_avg20']:.3f}")
+    console.print(f"saved {path} after {info['steps_done']} steps ({info['seconds']} s), "
+                  f"loss {info['final_loss_avg20']:.3f}")
 
 
 @command("evaluate-synthetic")

@@ -13,7 +13,7 @@ a URL of an Item or a raster: ``https://``, ``s3://``); relative paths are relat
 ``stsun predict`` reads one Item file per date. Ids name the output files, so they must be safe
 file names; STAC item ids and tile ids that are not get a safe name with a short hash of the
 original (``S2A/T1`` and ``S2A:T1`` must not share a file).
-"""
+"""  # noqa: E501
 from __future__ import annotations
 
 import csv
@@ -96,7 +96,8 @@ def check_jobs(jobs: list[Job], t_in: int, source: Path) -> None:
             raise ManifestError(f"{source}: job id '{job.id}' appears more than once")
         seen.add(job.id)
         if len(job.dates) != t_in:
-            raise ManifestError(f"{source}: job '{job.id}' has {len(job.dates)} date(s); the profile needs {t_in} (T_in)")
+            raise ManifestError(f"{source}: job '{job.id}' has {len(job.dates)} date(s); "
+                                f"the profile needs {t_in} (T_in)")
 
 
 def _resolve(base: Path, date: str) -> str:

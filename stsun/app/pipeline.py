@@ -86,7 +86,8 @@ class BuildOptions(BaseModel):
     @classmethod
     def _known_methods(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
         if value is not None and (not value or set(value) - set(CALIBRATION_METHODS)):
-            raise ValueError(f"unknown calibration method in {list(value)}; choose from {', '.join(CALIBRATION_METHODS)}")
+            raise ValueError(f"unknown calibration method in {list(value)}; "
+                             f"choose from {', '.join(CALIBRATION_METHODS)}")
         return value
 
     @property
@@ -113,7 +114,8 @@ class BuildOptions(BaseModel):
         try:
             return cls(**options)
         except ValidationError as err:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'options'}: {e['msg'].removeprefix('Value error, ')}"
+            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'options'}: "
+                                 f"{e['msg'].removeprefix('Value error, ')}"
                                  for e in err.errors())
             raise BuildError(f"invalid build options: {problems}") from None
 
@@ -236,8 +238,9 @@ class ArtifactBuild:
             "stsun_version": stsun.__version__, "torch_version": torch.__version__,
             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "host": platform.machine(), "max_batch": o.max_batch, "attention": o.attention,
-            "data": self.user.record if self.user else {"data": "generated", "calibration": {"tiles": o.calibration_tiles,
-                                                                                              "seed": CALIBRATION_SEED}},
+            "data": self.user.record if self.user else {"data": "generated",
+                                                        "calibration": {"tiles": o.calibration_tiles,
+                                                                        "seed": CALIBRATION_SEED}},
             "artifacts": [],
         }
         self.meta = model_metadata(profile, {"checkpoint_sha256": self.sha, "stsun_version": stsun.__version__,
@@ -295,7 +298,8 @@ class ArtifactBuild:
             engine = OnnxRuntimeEngine(candidates[method], self.profile, self.options.max_batch,
                                        providers=["CPUExecutionProvider"])
             f = fidelity(engine(self.x), self.ref, "int8", self.tiles)
-            tried[method] = {"argmax_agreement": f["argmax_agreement"], "worst_class_agreement": f["worst_class_agreement"],
+            tried[method] = {"argmax_agreement": f["argmax_agreement"],
+                             "worst_class_agreement": f["worst_class_agreement"],
                              "score": (f["argmax_agreement"] + f["worst_class_agreement"]) / 2,
                              **({"metric": f["metric"]["artifact"]} if "metric" in f else {})}
         best = max(tried, key=lambda m: (tried[m].get("metric", 0.0), tried[m]["score"])) if tried else methods[0]
@@ -343,7 +347,8 @@ class ArtifactBuild:
         kernels = write_kernels([self.onnx[p] for p in self._fp32_first(self.options.precisions)], self.out / "kernels")
         worst = max(k["ptxas"]["spill_bytes"] for k in kernels)
         self.report["attention_plugin"] = {"kernels": kernels, "seconds": round(time.perf_counter() - t, 2)}
-        self.console.print(f"  kernels        {len(kernels)} PTX (sm_80, sm_90a) assembled by ptxas, max spill {worst} B")
+        self.console.print(f"  kernels        {len(kernels)} PTX (sm_80, sm_90a) assembled by ptxas, "
+                           f"max spill {worst} B")
 
     def aoti_step(self) -> None:
         """AOTInductor package for C++ services (runtime/cpp)."""

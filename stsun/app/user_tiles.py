@@ -148,7 +148,8 @@ def _draw(images: list[Image], n: int, profile: Profile, rng: np.random.Generato
         pool.append(((image.name, row, col), x, target))
     if not pool:
         raise DatasetError(f"no tile of {', '.join(im.name for im in images[:3])}"
-                           f"{' ...' if len(images) > 3 else ''} has data on at least {1 - MAX_NODATA:.0%} of its pixels")
+                           f"{' ...' if len(images) > 3 else ''} has data on at least {1 - MAX_NODATA:.0%} "
+                           "of its pixels")
     chosen = pool[:n] if not labelled else _spread_classes(pool, n, profile)
     return TileSet(np.stack([c[1] for c in chosen]), np.stack([c[2] for c in chosen]) if labelled else None,
                    [c[0] for c in chosen]), skipped
@@ -236,7 +237,8 @@ def draw_user_tiles(paths: list[Path] | tuple[Path, ...], profile: Profile, cali
     record = {
         "data": source, "kind": kind, "labelled": labelled, "seed": seed, "tile_size": tile,
         "images": len(images), "max_nodata_fraction": MAX_NODATA,
-        "calibration": {"tiles": len(cal.x), "images": sorted({w[0] for w in cal.windows}), "skipped_nodata": skipped_c},
+        "calibration": {"tiles": len(cal.x), "images": sorted({w[0] for w in cal.windows}),
+                        "skipped_nodata": skipped_c},
         "heldout": {"tiles": len(held.x), "images": sorted({w[0] for w in held.windows}), "skipped_nodata": skipped_h},
         "tiles_sha256": hashlib.sha256(listing.encode()).hexdigest(),  # over the (image, row, col) of every tile
     }

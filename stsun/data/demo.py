@@ -132,7 +132,8 @@ def write_stac(date_files: list[Path], out: Path, tile: str = "33UUP") -> Path:
                                           "eo:bands": [{"name": b, "common_name": S2_COMMON[b]}]}
                            for b, p in paths.items()}}
         (d / "item.json").write_text(json.dumps(item, indent=1) + "\n")
-        items.append({**item, "assets": {k: {**a, "href": f"date{t + 1}/{a['href']}"} for k, a in item["assets"].items()}})
+        items.append({**item, "assets": {k: {**a, "href": f"date{t + 1}/{a['href']}"}
+                                         for k, a in item["assets"].items()}})
     catalogue = out / "catalogue.json"
     catalogue.write_text(json.dumps({"type": "FeatureCollection", "features": items}, indent=1) + "\n")
     return catalogue

@@ -242,14 +242,16 @@ def write_safe(date_file: str | Path, profile: Profile, out_dir: str | Path, bas
     img = safe / "GRANULE" / f"L2A_{tile}_A032000_{when}" / "IMG_DATA"
     offset = 1000 if float(baseline) >= 4.0 else 0
     suffix = ".jp2" if driver == "JP2OpenJPEG" else ".tif"
-    write_band_files(date_file, profile, img, lambda b, r: f"R{round(r)}m/{tile}_{when}_B{b[1:].zfill(2)}_{round(r)}m{suffix}",
+    write_band_files(date_file, profile, img,
+                     lambda b, r: f"R{round(r)}m/{tile}_{when}_B{b[1:].zfill(2)}_{round(r)}m{suffix}",
                      coarse, driver, dn_add=offset)
     if metadata:
         root = ET.Element("n1:Level-2A_User_Product",
                           {"xmlns:n1": "https://psd-14.sentinel2.eo.esa.int/PSD/User_Product_Level-2A.xsd"})
         general = ET.SubElement(root, "n1:General_Info")
         info = ET.SubElement(general, "Product_Info")
-        for tag, text in (("PRODUCT_TYPE", "S2MSI2A"), ("PROCESSING_BASELINE", baseline), ("PROCESSING_LEVEL", "Level-2A")):
+        for tag, text in (("PRODUCT_TYPE", "S2MSI2A"), ("PROCESSING_BASELINE", baseline),
+                          ("PROCESSING_LEVEL", "Level-2A")):
             ET.SubElement(info, tag).text = text
         chars = ET.SubElement(general, "Product_Image_Characteristics")
         quant = ET.SubElement(chars, "QUANTIFICATION_VALUES_LIST")

@@ -60,7 +60,8 @@ MODEL_SIZES: dict[str, ModelConfig] = {
     "tiny": ModelConfig("tiny", embed_dim=64, num_heads=2, enc_depth=4, dec_depth=4, unified_dim=16, dum_hidden=64),
     "base": ModelConfig("base", embed_dim=256, num_heads=8, enc_depth=4, dec_depth=4, unified_dim=32, dum_hidden=128),
     # The paper's "large": D=1024, 16 heads, 8 blocks (4 encoder, 4 decoder), D_u=32.
-    "large": ModelConfig("large", embed_dim=1024, num_heads=16, enc_depth=4, dec_depth=4, unified_dim=32, dum_hidden=128),
+    "large": ModelConfig("large", embed_dim=1024, num_heads=16, enc_depth=4, dec_depth=4, unified_dim=32,
+                         dum_hidden=128),
 }
 
 

@@ -111,7 +111,8 @@ class DUM(nn.Module):
         mode "out": weight (N, fixed_dim), bias (N,), or None for a DUM built with ``out_bias=False``.
         """
         if meta.dim() != 2 or meta.shape[1] != len(self.fields):
-            raise ValueError(f"DUM expects metadata of shape (N, {len(self.fields)}) for {self.fields}, got {tuple(meta.shape)}")
+            raise ValueError(f"DUM expects metadata of shape (N, {len(self.fields)}) for {self.fields}, "
+                             f"got {tuple(meta.shape)}")
         scales = meta.new_tensor([FIELD_SCALE[f] for f in self.fields])
         feats = sincos_1d(meta * scales, self.hidden).flatten(1)
         tokens = self.mlp(feats if self.embed is None else self.embed(feats))

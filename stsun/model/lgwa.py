@@ -81,7 +81,8 @@ class LGWABlock(nn.Module):
     """
 
     def __init__(self, dim: int, num_heads: int, window_hw: tuple[int, int] | None,
-                 mlp_ratio: float = 4.0, eps: float = 1e-6, num_tasks: int | None = 3, pad_tokens: bool = False) -> None:
+                 mlp_ratio: float = 4.0, eps: float = 1e-6, num_tasks: int | None = 3,
+                 pad_tokens: bool = False) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=eps)
         self.attn = WindowAttention(dim, num_heads, window_hw, pad_tokens)

@@ -110,7 +110,8 @@ def read_state_dict(path: str | Path, trust_pickle: bool = False) -> dict[str, t
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError(f"{path} is neither a Lightning checkpoint with a 'state_dict' nor a state dict of tensors")
+        raise CheckpointError(f"{path} is neither a Lightning checkpoint with a 'state_dict' "
+                              "nor a state dict of tensors")
     state = dict(obj)
     while (prefix := next((p for p in KEY_PREFIXES if all(k.startswith(p) for k in state)), None)):
         state = {k[len(prefix):]: v for k, v in state.items()}
@@ -144,10 +145,12 @@ def infer_config(state: dict[str, torch.Tensor], heads: int = DEFAULT_HEADS) -> 
     if unified_out != unified:
         raise CheckpointError(f"in_chans {unified} differs from out_chans {unified_out} (the widths of "
                               "encoder.tss_unify and decoder.tss_unify): one unified width is supported")
-    temporal = _needed(state, "decoder.temporal_unify_encoder.weight_generator.bias_token", "the unified time T_u").shape[-1]
+    temporal = _needed(state, "decoder.temporal_unify_encoder.weight_generator.bias_token",
+                       "the unified time T_u").shape[-1]
     mlp = _needed(state, "encoder.blocks.0.mlp.fc1.weight", "the MLP width").shape[0]
     if dim % heads:
-        raise CheckpointError(f"token width {dim} is not divisible by {heads} heads: pass the --heads it was trained with")
+        raise CheckpointError(f"token width {dim} is not divisible by {heads} heads: "
+                              "pass the --heads it was trained with")
     return ModelConfig(size="research", embed_dim=dim, num_heads=heads, enc_depth=_depth(state, "encoder.blocks."),
                        dec_depth=_depth(state, "decoder.blocks."), unified_dim=unified, dum_hidden=unified,
                        unified_grid=8 * grid, temporal_dim=temporal, mlp_ratio=mlp / dim, variant="research")

@@ -99,7 +99,8 @@ class Profile(BaseModel):
         if self.t_out is None:
             object.__setattr__(self, "t_out", expected_t_out)
         elif self.t_out != expected_t_out:
-            raise ValueError(f"t_out must be {expected_t_out} for task '{self.task}' with t_in={self.t_in}, got {self.t_out}")
+            raise ValueError(f"t_out must be {expected_t_out} for task '{self.task}' with t_in={self.t_in}, "
+                             f"got {self.t_out}")
         if self.dates_days is None:
             object.__setattr__(self, "dates_days", tuple(365.0 * i for i in range(self.t_in)))
         elif len(self.dates_days) != self.t_in:

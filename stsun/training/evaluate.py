@@ -40,7 +40,8 @@ def default_settings() -> list[tuple[str, Profile, bool]]:
         ("sentinel2-scd", load_profile("sentinel2-scd"), False),
         ("landsat8-ss (unseen bands)", l8, False),
         ("landsat8-ss (unseen bands, BN calibrated)", l8, True),
-        ("sentinel2-ss, unseen class subset", s2ss.model_copy(update={"classes": ("agriculture", "water", "soil")}), False),
+        ("sentinel2-ss, unseen class subset", s2ss.model_copy(update={"classes": ("agriculture", "water", "soil")}),
+         False),
     ]
 
 

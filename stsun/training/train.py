@@ -41,7 +41,8 @@ def task_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     else:
         onehot = F.one_hot(target.clamp(min=0), c).permute(0, 1, 4, 2, 3).float()
         prob = torch.softmax(logits, dim=2)
-    bce = (F.binary_cross_entropy_with_logits(logits, onehot, reduction="none") * valid).sum() / valid.sum().clamp(min=1) / c
+    bce = (F.binary_cross_entropy_with_logits(logits, onehot, reduction="none")
+           * valid).sum() / valid.sum().clamp(min=1) / c
     inter = (prob * onehot * valid).sum(dim=(0, 1, 3, 4))
     denom = ((prob + onehot) * valid).sum(dim=(0, 1, 3, 4))
     dice = 1 - ((2 * inter + 1) / (denom + 1)).mean()
@@ -129,7 +130,8 @@ def train(profiles: list[Profile], size: str = "tiny", steps: int = 1800, batch:
         if time_limit_s and time.perf_counter() - start > time_limit_s:
             break
     calibration = calibrate_batchnorm(model, profiles)
-    info = {"steps_done": len(history), "batchnorm_calibration": calibration, "seconds": round(time.perf_counter() - start, 1),
+    info = {"steps_done": len(history), "batchnorm_calibration": calibration,
+            "seconds": round(time.perf_counter() - start, 1),
             "final_loss_avg20": float(np.mean(history[-20:])), "profiles": [p.name for p in profiles],
             "batch": batch, "lr": lr, "weight_decay": weight_decay, "seed": seed, "size": size,
             "augment_prob": augment_prob, "settle_fraction": settle_fraction,
