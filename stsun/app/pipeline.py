@@ -375,7 +375,7 @@ class ArtifactBuild:
         reason = trt.unavailable_reason()
         self.report["tensorrt"] = {"built": reason is None, "reason": reason}
         if reason:
-            self.console.print(f"  [yellow]TensorRT engine skipped:[/] {escape(reason)}")
+            self.console.print(f"  [yellow]TensorRT engine skipped:[/] {escape(reason)}", soft_wrap=True)
             return
         if "int8" in self.options.precisions:
             self._tensorrt_calibration_cache()
