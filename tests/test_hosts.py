@@ -29,6 +29,7 @@ rasterio = pytest.importorskip("rasterio", reason="the geo extra (rasterio) is n
 boto3 = pytest.importorskip("boto3", reason="the remote extra (boto3) is not installed")
 
 from hosts import Network, dask_cluster, namespaces_refused, object_store, wait_for_port  # noqa: E402
+
 from stsun import load_profile  # noqa: E402
 from stsun.app.many import CLUSTER_CONFIG, cluster_env  # noqa: E402
 from stsun.app.pipeline import build_artifacts  # noqa: E402
@@ -46,6 +47,7 @@ PROFILE = load_profile("sentinel2-scd")
 # the smallest scenes with several strips of several tiles (256 px tiles, 192 px steps: 3x3 and 4x4)
 SCENES = {"a": 640, "b": 512, "c": 512, "d": 640}
 BUCKET = "stsun-hosts"
+FAULT_SCENES = ["a", "b", "c"]  # a job for the lost worker, one queued, one for the other worker
 RUN_S = 240  # the most one predict-many may take
 TMP = tempfile.gettempdir()  # hidden from every worker: the scenes, the client's build, its staging
 
@@ -289,12 +291,15 @@ def test_workers_as_triton_clients_of_a_server_host_give_the_same_maps(cluster, 
 
 
 def run_with_a_lost_worker(network, root, build, store, prefix, lose, allowed_failures=1, after=None):
-    """Start predict-many on 2 fresh worker hosts, lose the first mid-job with ``lose(host)``; the run's
-    output, report, seconds, the seconds until the scheduler removed the lost worker, and what
-    ``after(cluster)`` returned (called once the run ended, with the cluster still up)."""
+    """Start predict-many of FAULT_SCENES on 2 fresh worker hosts, lose the first mid-job with
+    ``lose(host)``; the run's output, report, seconds, the seconds until the scheduler removed the
+    lost worker, and what ``after(cluster)`` returned (called once the run ended, the cluster still up)."""
     from distributed import Client
 
     env, s3, manifest = store
+    jobs = [j for j in json.loads(manifest.read_text()) if j["id"] in FAULT_SCENES]
+    manifest = root / "client" / "faults.json"
+    manifest.write_text(json.dumps(jobs))
     with dask_cluster(network, 2, str(root / "scratch"), hidden=(TMP,), prefix=prefix,
                       env={**cluster_env(allowed_failures), **env}) as cl, Client(cl.address) as client:
         victim = next(a for a in worker_addresses(client) if cl.workers[0].address in a)
@@ -316,7 +321,7 @@ def test_a_worker_killed_mid_job_is_noticed_at_once_and_its_job_runs_elsewhere(n
     code, output, report, seconds, noticed, _ = run_with_a_lost_worker(network, root, build, store, "kill",
                                                                        network.kill)
     assert code == 0, output
-    check_store(store[1], "kill", reference, tmp_path, done=list(SCENES))
+    check_store(store[1], "kill", reference, tmp_path, done=FAULT_SCENES)
     assert noticed < 5  # the kernel closes the dead process's connections: no timeout involved
     print(f"\nworker SIGKILLed: removed after {noticed:.2f} s; run {seconds:.1f} s; "
           f"attempts {[j['attempts'] for j in report['jobs']]}")
@@ -347,7 +352,7 @@ def test_a_worker_cut_off_mid_job_is_noticed_in_seconds_and_its_late_upload_chan
     code, output, report, seconds, noticed, _ = run_with_a_lost_worker(network, root, build, store, "cut",
                                                                        network.link_down, after=bring_back)
     assert code == 0, output
-    check_store(s3, "cut", reference, tmp_path, done=list(SCENES))  # still whole and right, after any late upload
+    check_store(s3, "cut", reference, tmp_path, done=FAULT_SCENES)  # still whole and right, after any late upload
     ttl = float(CLUSTER_CONFIG["distributed.scheduler.worker-ttl"].removesuffix("s"))
     assert noticed < 2 * ttl + 5  # worker-ttl, checked every worker-ttl (Dask's default: 5 minutes)
     after = {k: o["ETag"] for k, o in objects(s3, "cut").items()}
@@ -366,7 +371,7 @@ def test_a_job_whose_workers_keep_dying_fails_with_the_reason_and_the_others_fin
     failed = [j for j in jobs.values() if j["status"] == "failed"]
     # the job the worker ran fails, and in a run this small (not over 2 jobs per slot, so Dask assigns
     # them all at once) so may one it held waiting; the other worker's jobs finish
-    assert 1 <= len(failed) <= 2 and report["counts"]["done"] == len(SCENES) - len(failed)
+    assert 1 <= len(failed) <= 2 and report["counts"]["done"] == len(FAULT_SCENES) - len(failed)
     for job in failed:
         assert job["attempts"] == 1 and job["output"] is None
         assert job["error"].startswith("KilledWorker: Attempted to run task"), job["error"]
