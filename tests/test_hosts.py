@@ -32,7 +32,6 @@ from hosts import Network, dask_cluster, namespaces_refused, object_store, wait_
 
 from stsun import load_profile  # noqa: E402
 from stsun.app.many import CLUSTER_CONFIG, cluster_env  # noqa: E402
-from stsun.app.pipeline import build_artifacts  # noqa: E402
 from stsun.data.demo import write_stac  # noqa: E402
 from stsun.data.synthetic import write_scene  # noqa: E402
 from stsun.runtime import load_engine  # noqa: E402
@@ -48,6 +47,7 @@ PROFILE = load_profile("sentinel2-scd")
 SCENES = {"a": 640, "b": 512, "c": 512, "d": 640}
 BUCKET = "stsun-hosts"
 FAULT_SCENES = ["a", "b", "c"]  # a job for the lost worker, one queued, one for the other worker
+TRITON_SCENES = ["a", "b"]  # every tile goes through the server's python backend: the slowest run
 RUN_S = 240  # the most one predict-many may take
 TMP = tempfile.gettempdir()  # hidden from every worker: the scenes, the client's build, its staging
 
@@ -60,10 +60,9 @@ def root(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def build(root):
-    out = root / "client" / "build"
-    build_artifacts(PROFILE, out, precisions=("fp32",), max_batch=4, fidelity_tiles=1)
-    return out
+def build(scd_build):
+    assert str(scd_build).startswith(TMP + "/")  # the client's alone: the workers cannot see it
+    return scd_build
 
 
 @pytest.fixture(scope="module")
@@ -178,6 +177,14 @@ def check_store(s3, prefix, reference, tmp_path, done, failed=(), backend="onnxr
     return report
 
 
+def some_jobs(store, names: list[str]) -> Path:
+    """A manifest of the store's manifest's jobs ``names``, beside it."""
+    manifest = store[2]
+    path = manifest.with_name("-".join(names) + ".json")
+    path.write_text(json.dumps([j for j in json.loads(manifest.read_text()) if j["id"] in names]))
+    return path
+
+
 def worker_addresses(client) -> set[str]:
     return set(client.scheduler_info(n_workers=-1)["workers"])
 
@@ -278,16 +285,16 @@ def test_workers_as_triton_clients_of_a_server_host_give_the_same_maps(cluster, 
 
     if (why := tritonserver_available()) is not None:
         pytest.skip(f"no Triton server here: {why}")
-    env, s3, manifest = store
+    s3 = store[1]
     with served(network, build, root) as url:
         start = time.monotonic()
-        output = finish(proc := start_run(manifest, build, "triton", cluster.address, "--backend", "triton",
-                                          "--url", url))
+        output = finish(proc := start_run(some_jobs(store, TRITON_SCENES), build, "triton", cluster.address,
+                                          "--backend", "triton", "--url", url))
         seconds = time.monotonic() - start
     assert proc.returncode == 0, output
-    report = check_store(s3, "triton", reference, tmp_path, done=list(SCENES), backend="triton")
+    report = check_store(s3, "triton", reference, tmp_path, done=TRITON_SCENES, backend="triton")
     assert {w["url"] for w in report["cluster"]["workers"].values()} == {url}
-    print(f"\n3 Triton-client hosts, {len(SCENES)} scenes: {seconds:.1f} s (jobs phase {report['seconds']} s)")
+    print(f"\n3 Triton-client hosts, {len(TRITON_SCENES)} scenes: {seconds:.1f} s (jobs phase {report['seconds']} s)")
 
 
 def run_with_a_lost_worker(network, root, build, store, prefix, lose, allowed_failures=1, after=None):
@@ -296,10 +303,8 @@ def run_with_a_lost_worker(network, root, build, store, prefix, lose, allowed_fa
     lost worker, and what ``after(cluster)`` returned (called once the run ended, the cluster still up)."""
     from distributed import Client
 
-    env, s3, manifest = store
-    jobs = [j for j in json.loads(manifest.read_text()) if j["id"] in FAULT_SCENES]
-    manifest = root / "client" / "faults.json"
-    manifest.write_text(json.dumps(jobs))
+    env, s3, _ = store
+    manifest = some_jobs(store, FAULT_SCENES)
     with dask_cluster(network, 2, str(root / "scratch"), hidden=(TMP,), prefix=prefix,
                       env={**cluster_env(allowed_failures), **env}) as cl, Client(cl.address) as client:
         victim = next(a for a in worker_addresses(client) if cl.workers[0].address in a)
