@@ -27,6 +27,7 @@ import pytest
 pytest.importorskip("distributed", reason="the cluster extra (dask distributed) is not installed")
 rasterio = pytest.importorskip("rasterio", reason="the geo extra (rasterio) is not installed")
 boto3 = pytest.importorskip("boto3", reason="the remote extra (boto3) is not installed")
+pytest.importorskip("moto.server", reason="moto's S3 server (the dev extra's moto[s3], flask) is not installed")
 
 from hosts import Network, dask_cluster, namespaces_refused, object_store, wait_for_port  # noqa: E402
 
