@@ -358,7 +358,7 @@ def test_a_worker_cut_off_mid_job_is_noticed_in_seconds_and_a_late_upload_leaves
     code, output, report, seconds, noticed, _ = run_with_a_lost_worker(network, root, build, store, "cut",
                                                                        network.link_down, after=bring_back)
     assert code == 0, output
-    # whole and right, after any late upload (seen in 2 of 4 runs: map and Item re-sent byte-identical, the record replaced)
+    # whole and right after any late upload (seen in 2 of 4 runs: map and Item re-sent identical, record replaced)
     check_store(s3, "cut", reference, tmp_path, done=FAULT_SCENES)
     ttl = float(CLUSTER_CONFIG["distributed.scheduler.worker-ttl"].removesuffix("s"))
     assert noticed < 2 * ttl + 5  # worker-ttl, checked every worker-ttl (Dask's default: 5 minutes)
