@@ -43,6 +43,18 @@ def tiny_model() -> STSUN:
     return random_model("tiny")
 
 
+@pytest.fixture(scope="session")
+def scd_build(tmp_path_factory):
+    """The default profile's fp32 build (max batch 4), made once per test process: CI runs most
+    files in one process, so the files that only read it share it. Never write into it."""
+    from stsun import load_profile
+    from stsun.app.pipeline import build_artifacts
+
+    out = tmp_path_factory.mktemp("scd-build") / "build"
+    build_artifacts(load_profile("sentinel2-scd"), out, precisions=("fp32",), max_batch=4, fidelity_tiles=1)
+    return out
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """``STSUN_TEST_SHUFFLE=SEED`` runs the test files in a seeded random order (the tests inside a
     file keep theirs). ``.ci/test`` sets it, so over many CI runs no file can come to depend on

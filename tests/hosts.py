@@ -6,7 +6,7 @@ namespace per host, joined to the bridge by a veth pair; every host has its own 
 tmpfs mounted over that path in a mount namespace of the process tree's own, so the host sees an
 empty directory there and nothing passes between hosts through it (a worker's scratch, or the
 client's build directory hidden from the workers). ``dask_cluster`` starts a ``dask scheduler``
-host and worker hosts on it.
+host and worker hosts on it; ``object_store`` an S3 server host.
 
 Everything is torn down in ``Network.close`` (process groups SIGKILLed, namespaces, links and the
 bridge deleted), bounded in time, also when a test fails; ``Network.leftovers`` lists what
@@ -135,6 +135,18 @@ class Network:
         """Cut ``host`` off the network: its processes live on, nothing reaches them (no FIN, no RST)."""
         _ip("link", "set", host.veth, "down")
 
+    def link_up(self, host: Host) -> None:
+        _ip("link", "set", host.veth, "up")
+
+    def remove(self, host: Host) -> None:
+        """Kill ``host``'s processes and delete its namespace and link (its name stays taken)."""
+        self.kill(host)
+        for proc in host.processes:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=TEARDOWN_S)
+        _ip("link", "del", host.veth, check=False)
+        _ip("netns", "del", host.namespace, check=False)
+
     def close(self) -> None:
         """Kill every process, then delete the namespaces and links; never waits more than TEARDOWN_S."""
         procs = [p for h in self.hosts.values() for p in h.processes]
@@ -194,25 +206,49 @@ def dask_bin(name: str) -> str:
 
 @contextlib.contextmanager
 def dask_cluster(network: Network, workers: int, scratch: str, hidden: tuple[str, ...] = (),
-                 env: dict | None = None, nthreads: int = 1) -> Iterator[DaskCluster]:
+                 env: dict | None = None, nthreads: int = 1, prefix: str = "") -> Iterator[DaskCluster]:
     """A ``dask scheduler`` host and ``workers`` ``dask worker`` hosts (no nanny: one process per host,
     so SIGKILL takes the host's worker away for good), each worker with ``scratch`` (its
-    ``--local-directory``) and ``hidden`` as private tmpfs. ``env`` goes to every process (Dask
-    settings as DASK_* variables). Waits until every worker has joined."""
+    ``--local-directory``) and ``hidden`` as private tmpfs (``hidden`` first: a scratch inside a hidden
+    directory is made in the worker's own tmpfs). ``env`` goes to every process (Dask settings as
+    DASK_* variables). Hosts are named ``prefix`` + sched, w1, ...; waits until every worker has
+    joined, and removes the hosts when the block ends."""
     from distributed import Client
 
-    sched = network.add("sched")
+    sched = network.add(f"{prefix}sched")
     proc = network.start(sched, [dask_bin("dask"), "scheduler", "--host", sched.address, "--port", "8786",
                                  "--no-dashboard"], env=env)
     wait_for_port(sched.address, 8786, proc=proc)
     hosts = []
     for i in range(workers):
-        host = network.add(f"w{i + 1}")
+        host = network.add(f"{prefix}w{i + 1}")
         network.start(host, [dask_bin("dask"), "worker", f"tcp://{sched.address}:8786", "--host", host.address,
                              "--nthreads", str(nthreads), "--no-nanny", "--no-dashboard", "--name", host.name,
-                             "--local-directory", scratch], private=(scratch, *hidden), env=env)
+                             "--local-directory", scratch], private=(*hidden, scratch), env=env)
         hosts.append(host)
     cluster = DaskCluster(network, sched, hosts)
-    with Client(cluster.address, timeout="20s") as client:
-        client.wait_for_workers(workers, timeout=90)
-    yield cluster
+    try:
+        with Client(cluster.address, timeout="20s") as client:
+            client.wait_for_workers(workers, timeout=90)
+        yield cluster
+    finally:
+        for host in [*hosts, sched]:
+            network.remove(host)
+
+
+S3_PORT = 9000
+
+
+@contextlib.contextmanager
+def object_store(network: Network, name: str = "s3") -> Iterator[dict[str, str]]:
+    """moto's S3 server on a host of its own; the ``AWS_*`` environment that reaches it (boto3 reads
+    ``AWS_ENDPOINT_URL``; stsun passes it on to GDAL). Its log lists each request with the
+    address it came from."""
+    host = network.add(name)
+    proc = network.start(host, [dask_bin("moto_server"), "-H", host.address, "-p", str(S3_PORT)])
+    try:
+        wait_for_port(host.address, S3_PORT, proc=proc)
+        yield {"AWS_ENDPOINT_URL": f"http://{host.address}:{S3_PORT}", "AWS_ACCESS_KEY_ID": "testing",
+               "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1"}
+    finally:
+        network.remove(host)

@@ -16,7 +16,6 @@ boto3 = pytest.importorskip("boto3", reason="the remote extra (boto3) is not ins
 
 from benchmarks.servers import moto_s3, nginx, nginx_binary, stalled_server  # noqa: E402
 from stsun import load_profile  # noqa: E402
-from stsun.app.pipeline import build_artifacts  # noqa: E402
 from stsun.data.demo import write_stac  # noqa: E402
 from stsun.data.synthetic import write_scene  # noqa: E402
 from stsun.errors import SceneError  # noqa: E402
@@ -28,10 +27,8 @@ BUCKET = "stsun-test"
 
 
 @pytest.fixture(scope="module")
-def build(tmp_path_factory):
-    out = tmp_path_factory.mktemp("remote") / "build"
-    build_artifacts(load_profile("sentinel2-scd"), out, precisions=("fp32",), max_batch=4, fidelity_tiles=1)
-    return out
+def build(scd_build):
+    return scd_build
 
 
 @pytest.fixture(scope="module")

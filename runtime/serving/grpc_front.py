@@ -67,16 +67,17 @@ def check_infer(request: pb.ModelInferRequest, limits: ModelLimits) -> None:
 
 
 class GrpcFront(grpc.GenericRpcHandler):
-    """Listens on ``port`` (127.0.0.1) and forwards to Triton's internal gRPC endpoint at
+    """Listens on ``host``:``port`` (127.0.0.1 unless told) and forwards to Triton's internal gRPC endpoint at
     ``upstream``, adding the ``admin_key`` that endpoint requires. Runs on the fronts' event loop:
     ``start()`` and ``stop()`` are coroutines."""
 
     def __init__(self, upstream: str, admin_key: str, limits: dict[str, ModelLimits], port: int,
                  max_message_bytes: int, timeout_s: float = 60.0, open_control: bool = False,
-                 max_calls: int = 32) -> None:
+                 max_calls: int = 32, host: str = "127.0.0.1") -> None:
         self.upstream, self.admin_key, self.limits, self.port = upstream, admin_key, limits, port
         self.max_message, self.timeout_s, self.open_control, self.max_calls = (max_message_bytes, timeout_s,
                                                                                open_control, max_calls)
+        self.host = host
         self.draining = False
         self.unready: dict[str, str] = {}  # as the guard's: set by the supervisor
         self.in_flight = 0
@@ -156,10 +157,10 @@ class GrpcFront(grpc.GenericRpcHandler):
                                        options=[("grpc.max_receive_message_length", self.max_message),
                                                 ("grpc.max_send_message_length", -1)])
         try:
-            self._server.add_insecure_port(f"127.0.0.1:{self.port}")
+            self._server.add_insecure_port(f"{self.host}:{self.port}")
         except RuntimeError as err:
             await self._channel.close()
-            raise ServerError(f"the gRPC front could not listen on 127.0.0.1:{self.port}: {err}") from None
+            raise ServerError(f"the gRPC front could not listen on {self.host}:{self.port}: {err}") from None
         await self._server.start()
 
     async def stop(self) -> None:

@@ -94,15 +94,16 @@ def _error(status: int, message: str) -> web.Response:
 
 
 class Guard:
-    """Listens on ``port`` (127.0.0.1) and forwards to Triton's internal HTTP endpoint at
+    """Listens on ``host``:``port`` (127.0.0.1 unless told) and forwards to Triton's internal HTTP endpoint at
     ``upstream``, adding the ``admin_key`` that endpoint requires."""
 
     def __init__(self, upstream: str, admin_key: str, limits: dict[str, ModelLimits], port: int, max_body_bytes: int,
-                 timeout_s: float = 60.0, open_control: bool = False, heavy_slots: int = 2) -> None:
+                 timeout_s: float = 60.0, open_control: bool = False, heavy_slots: int = 2,
+                 host: str = "127.0.0.1") -> None:
         # a Guard runs on an event loop it is started on (LoopThread): start() and stop() are coroutines
         self.upstream, self.admin_key, self.limits, self.port = upstream, admin_key, limits, port
         self.max_body, self.timeout_s, self.open_control = max_body_bytes, timeout_s, open_control
-        self.heavy_slots = heavy_slots
+        self.heavy_slots, self.host = heavy_slots, host
         self.draining = False
         # model -> why it is not ready (server restarting, failing its probe): replaced, never mutated,
         # by the supervisor's thread, so this loop always reads a whole mapping
@@ -227,10 +228,10 @@ class Guard:
                                      auto_decompress=False)
         await self._runner.setup()
         try:
-            await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+            await web.TCPSite(self._runner, self.host, self.port).start()
         except OSError as err:
             await self.stop()
-            raise ServerError(f"the HTTP front could not listen on 127.0.0.1:{self.port}: {err}") from None
+            raise ServerError(f"the HTTP front could not listen on {self.host}:{self.port}: {err}") from None
 
     async def stop(self) -> None:
         await self._runner.cleanup()

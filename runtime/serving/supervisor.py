@@ -74,6 +74,7 @@ class ServeOptions:
     poll_s: float = 0.5
     probe_s: float = 5.0             # 0: no probes (each probe counts as one inference in Triton's statistics)
     open_control: bool = False       # UNSAFE: clients may load models, i.e. run any code as this user
+    host: str = "127.0.0.1"          # the fronts' address (tritonserver itself stays on loopback)
 
 
 class Supervisor:
@@ -133,12 +134,12 @@ class Supervisor:
             self._loop = LoopThread("stsun-fronts")
             key = self.server.admin_key
             guard = Guard(self.server.http_url, key, limits, o.http_port, max_body, o.request_timeout_s,
-                          o.open_control)
+                          o.open_control, host=o.host)
             self._loop.run(guard.start(), 30)
             self.guard = guard
             # gRPC carries tensors as raw bytes: a full batch plus room for the message around it
             grpc_front = GrpcFront(self.server.grpc_url, key, limits, o.grpc_port, biggest + 2**16,
-                                   o.request_timeout_s, o.open_control)
+                                   o.request_timeout_s, o.open_control, host=o.host)
             self._loop.run(grpc_front.start(), 30)
             self.grpc = grpc_front
         except BaseException:
@@ -159,11 +160,11 @@ class Supervisor:
 
     @property
     def http_url(self) -> str:
-        return f"127.0.0.1:{self.options.http_port}"
+        return f"{self.options.host}:{self.options.http_port}"
 
     @property
     def grpc_url(self) -> str:
-        return f"127.0.0.1:{self.options.grpc_port}"
+        return f"{self.options.host}:{self.options.grpc_port}"
 
     def _mark(self, model: str, source: str, why: str | None) -> None:
         """Set or clear one source's reason why ``model`` is not ready; the fronts' mappings are

@@ -424,10 +424,12 @@ def predict_many(
                             align=align, dn_offset=dn_offset, mask_quality=mask_quality,
                             probabilities=probabilities, preview=preview),
                  log=lambda text: console.print(text, highlight=False, soft_wrap=True))
+    from stsun.runtime.remote import as_url  # an s3:// OUTDIR typed as a Path lost a slash
+
     counts = report["counts"]
     rate = f", {report['scenes_per_hour']:g} scenes/h" if report["scenes_per_hour"] else ""
     console.print(f"{counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed{rate}; "
-                  f"report: {output / REPORT_NAME}", highlight=False, soft_wrap=True)
+                  f"report: {as_url(output / REPORT_NAME)}", highlight=False, soft_wrap=True)
     for job in report["jobs"]:
         if job["status"] == "failed":
             errors.print(styled("failed:", "bold red", f"{job['id']}: {job['error']}"), soft_wrap=True)
@@ -491,8 +493,14 @@ def serve(
         help="UNSAFE: let every client that reaches the ports load, unload and replace models (which runs any "
              "code a client uploads, as this user), change logging and register shared memory. Only behind an "
              "authenticating proxy.")] = False,
+    host: Annotated[str, typer.Option(
+        metavar="ADDR", help="Address the HTTP and gRPC fronts listen on. SECURITY: anything but 127.0.0.1 lets "
+                             "every machine that reaches ADDR send inference, health and metadata requests, "
+                             "unauthenticated and unencrypted (the fronts' guards still apply; tritonserver and "
+                             "metrics stay on loopback). Use a private network or a proxy that authenticates.")
+    ] = "127.0.0.1",
 ) -> None:
-    """Run Triton Inference Server on 127.0.0.1 with the repository's python-backend models, behind a
+    """Run Triton Inference Server (on 127.0.0.1 unless --host) with the repository's python-backend models, behind a
     guard that serves only inference, health and metadata, bounds requests, heals crashed or frozen
     model processes and drains on SIGTERM."""
     import signal
@@ -505,7 +513,7 @@ def serve(
                      "load models and so run code as this user", highlight=False, markup=False)
     sup = Supervisor(ServeOptions(repo, http_port, grpc_port, metrics_port, log, drain_timeout, max_request_mb,
                                   request_timeout, restarts, restart_window, probe_s=probe_interval,
-                                  open_control=open_control_api),
+                                  open_control=open_control_api, host=host),
                      report=lambda m: errors.print(f"stsun serve: {m}", highlight=False, soft_wrap=True,
                                                    markup=False))
     stop = threading.Event()

@@ -277,7 +277,7 @@ def run_job(job: Job, outdir: str, fingerprint: str, options: RunOptions) -> dic
             done = {**entry, "fingerprint": fingerprint, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
                     "finished": now()}
             atomic_write(record, lambda tmp: tmp.write_text(json.dumps(done, indent=1) + "\n"))
-            write_item(out, out.name, [resolve_date(d, profile) for d in job.dates], loader.engine, loader.spec.build_dir)
+            write_item(out, out.name, [resolve_date(d, profile) for d in job.dates], loader.engine, loader.build)
             if store:
                 publish_job(out, store)
                 entry["output"] = join(store, out.name)
