@@ -44,15 +44,15 @@ from pathlib import Path
 
 from distributed import WorkerPlugin
 
-from stsun.atomic import atomic_write
-from stsun.digest import file_sha256
-from stsun.classmaps import map_layout
-from stsun.display import progress_bar
-from stsun.errors import ClusterError, EngineError, StsunError
 from stsun.app.manifest import Job, Manifest
 from stsun.app.outputs import local_dir, publish_catalogue, stored_output
-from stsun.profiles import Profile
+from stsun.atomic import atomic_write
 from stsun.build_report import REPORT_NAME as BUILD_REPORT
+from stsun.classmaps import map_layout
+from stsun.digest import file_sha256
+from stsun.display import progress_bar
+from stsun.errors import ClusterError, EngineError, StsunError
+from stsun.profiles import Profile
 from stsun.runtime.engine import BuildDir
 
 REPORT_NAME = "report.json"
@@ -435,14 +435,17 @@ def predict_many(manifest: Manifest, spec: EngineSpec, outdir: str | Path, optio
         entries: dict[str, dict] = {}
         for job in manifest.jobs:
             done = finished_output(outdir, job, fingerprints[job.id], build.profile, options) if store is None else \
-                stored_output(store, job.id, fingerprints[job.id], [p.name for p in extra_outputs(Path(f"{job.id}.tif"), options)])
+                stored_output(store, job.id, fingerprints[job.id],
+                              [p.name for p in extra_outputs(Path(f"{job.id}.tif"), options)])
             entries[job.id] = job_entry(job, "pending") if done is None else job_entry(
-                job, "skipped", tiles=done.get("tiles"), km2=done.get("km2"), output=str(output_paths(outdir, job.id)[0]))
+                job, "skipped", tiles=done.get("tiles"), km2=done.get("km2"),
+                output=str(output_paths(outdir, job.id)[0]))
         todo = [job for job in manifest.jobs if entries[job.id]["status"] == "pending"]
         for job in manifest.jobs:  # no run is in progress in OUTDIR: whatever temporary files are there are garbage
             remove_leftovers(outdir, job.id)
         report = {"manifest": str(manifest.source), "engine": spec.build_dir, "profile": build.profile.name,
-                  "backend": spec.backend, "precision": spec.precision, "outdir": str(outdir), "retries": options.retries,
+                  "backend": spec.backend, "precision": spec.precision, "outdir": str(outdir),
+                  "retries": options.retries,
                   "started": started, "cluster": None, "startup_seconds": None, "unpaired": manifest.unpaired}
         if not todo:  # nothing will run: the rates stay those of the run that made the maps
             keep_rates(outdir, report)
