@@ -29,6 +29,7 @@ and splitting would need halo rows and a stitching pass over every map.
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import hashlib
@@ -119,6 +120,12 @@ class BuildShipment:
     files: dict[str, bytes]
     sha256: dict[str, str]
 
+    @property
+    def identity(self) -> str:
+        """One digest over every shipped file: two shipments of one build with other artifacts
+        (another precision) are installed apart."""
+        return hashlib.sha256(json.dumps(sorted(self.sha256.items())).encode()).hexdigest()
+
 
 def ship_build(build: BuildDir, backend: str, precision: str | None) -> BuildShipment:
     """The report and the artifacts ``backend`` opens (all its precisions unless one is given;
@@ -149,8 +156,8 @@ def install_build(shipment: BuildShipment, client_path: str, scratch: str | Path
     here = Path(client_path) / BUILD_REPORT
     if here.is_file() and file_sha256(here) == shipment.report_sha256:
         return Path(client_path)
-    target = Path(scratch) / f"stsun-build-{shipment.report_sha256[:16]}"
-    if (target / BUILD_REPORT).is_file():  # another worker sharing this scratch wrote it
+    target = Path(scratch) / f"stsun-build-{shipment.identity[:16]}"
+    if target.is_dir():  # another worker sharing this scratch wrote it (renamed into place only when complete)
         return target
     for name, data in shipment.files.items():
         if Path(name).is_absolute() or ".." in Path(name).parts:
@@ -193,7 +200,12 @@ class EngineLoader(WorkerPlugin):
         self.slots_per_host, self.url_of_worker = slots_per_host, url_of_worker
         self.engine, self.error, self.threads, self.url, self.build = None, None, 0, None, None
 
-    def setup(self, worker) -> None:
+    async def setup(self, worker) -> None:
+        # Off the event loop: writing the build and opening a session can take longer than the
+        # worker-ttl (10 s), and a worker that stops heartbeating meanwhile would be removed.
+        await asyncio.to_thread(self._load, worker)
+
+    def _load(self, worker) -> None:
         import importlib.util
 
         from distributed.comm import get_address_host
@@ -241,7 +253,7 @@ def scene_tiles(width: int, height: int, tile: int, overlap: int | None) -> int:
     return len(TileGrid(height, width, tile, overlap))
 
 
-def run_job(job: Job, outdir: str, fingerprint: str, options: RunOptions) -> dict:
+def run_job(job: Job, outdir: str, fingerprint: str, options: RunOptions, plugin: str = PLUGIN) -> dict:
     """Runs on a worker: the job's scene with the worker's engine, retried; its report entry."""
     import rasterio
     from distributed import get_worker
@@ -252,7 +264,7 @@ def run_job(job: Job, outdir: str, fingerprint: str, options: RunOptions) -> dic
     from stsun.runtime.scene import SceneOptions, predict_scene
     from stsun.runtime.scene_inputs import resolve_date
 
-    loader: EngineLoader = get_worker().plugins[PLUGIN]
+    loader: EngineLoader = get_worker().plugins[plugin]
     local, store = local_dir(outdir)  # s3://: staged here, published when done
     out, record = output_paths(local, job.id)
     scene = SceneOptions(overlap=options.overlap, align=options.align, dn_offset=options.dn_offset,
@@ -385,8 +397,8 @@ def connect(options: RunOptions) -> Iterator:
         yield client
 
 
-def start_engines(client, spec: EngineSpec, options: RunOptions, shipment: BuildShipment | None = None
-                  ) -> dict[str, dict]:
+def start_engines(client, spec: EngineSpec, options: RunOptions, shipment: BuildShipment | None = None,
+                  name: str = PLUGIN) -> dict[str, dict]:
     """Load the engine on every worker; {worker address: {threads, url, build}}. Raises ClusterError
     naming the first worker that could not load it."""
     client.wait_for_workers(1, timeout=120)
@@ -395,8 +407,8 @@ def start_engines(client, spec: EngineSpec, options: RunOptions, shipment: Build
     for w in workers.values():
         slots[w["host"]] = slots.get(w["host"], 0) + w["nthreads"]
     urls = {a: spec.urls[i % len(spec.urls)] for i, a in enumerate(sorted(workers))} if spec.urls else {}
-    client.register_plugin(EngineLoader(spec, options.threads, slots, urls, shipment), name=PLUGIN)
-    state = client.run(lambda dask_worker: {k: getattr(dask_worker.plugins[PLUGIN], k)
+    client.register_plugin(EngineLoader(spec, options.threads, slots, urls, shipment), name=name)
+    state = client.run(lambda dask_worker: {k: getattr(dask_worker.plugins[name], k)
                                             for k in ("error", "threads", "url", "build")})
     failed = {a: s["error"] for a, s in state.items() if s["error"]}
     if failed:
@@ -460,16 +472,19 @@ def predict_many(manifest: Manifest, spec: EngineSpec, outdir: str | Path, optio
                     log(f"note: the scheduler removes a silent worker only after worker-ttl = "
                         f"{failures['worker_ttl_s']} s; see stsun.app.many.CLUSTER_CONFIG for seconds")
                 shipment = ship_build(build, spec.backend, spec.precision) if options.scheduler else None
-                workers = start_engines(client, spec, options, shipment)
+                run_key = f"predict-{uuid.uuid4().hex[:8]}"  # one task group: a big run queues on the scheduler
+                # a plugin of this run's own: another run on a shared scheduler keeps its engine, and the
+                # scheduler drops the shipped files when this run ends
+                plugin = f"{PLUGIN}-{run_key}"
+                workers = start_engines(client, spec, options, shipment, plugin)
                 report["cluster"] = {"scheduler": client.scheduler.address, "dashboard": client.dashboard_link,
                                      **failures, "workers": workers}
                 log(f"{len(workers)} worker(s) loaded the engine: " + ", ".join(
                     f"{w['threads']} thread(s)" + (f" -> {w['url']}" if "url" in w else "") for w in workers.values()))
                 ready = time.perf_counter()
                 report["startup_seconds"] = round(ready - clock, 3)  # reading outputs, cluster start, engine loads
-                run_key = f"predict-{uuid.uuid4().hex[:8]}"  # one task group: a big run queues on the scheduler
-                futures = {client.submit(run_job, job, store or str(outdir), fingerprints[job.id], options, pure=False,
-                                         key=(run_key, job.id)): job for job in todo}
+                futures = {client.submit(run_job, job, store or str(outdir), fingerprints[job.id], options, plugin,
+                                         pure=False, key=(run_key, job.id)): job for job in todo}
                 written = time.perf_counter()
                 with progress_bar(total=len(futures), desc="jobs", unit="scene", show=options.progress) as bar:
                     for future in as_completed(futures):
@@ -486,6 +501,7 @@ def predict_many(manifest: Manifest, spec: EngineSpec, outdir: str | Path, optio
                             write_report(outdir, report, entries, ready)
                             written = time.perf_counter()
                         end = time.perf_counter()  # before the cluster shuts down
+                client.unregister_worker_plugin(plugin)  # a shared scheduler forgets the shipped files
         report = write_report(outdir, report, entries, ready, end)
         publish_catalogue(outdir, store, [j["id"] for j in report["jobs"] if j["status"] in ("done", "skipped")])
         return report
