@@ -17,7 +17,6 @@ rasterio = pytest.importorskip("rasterio", reason="the geo extra (rasterio) is n
 from stsun import load_profile  # noqa: E402
 from stsun.app.manifest import Job, Manifest, read_manifest  # noqa: E402
 from stsun.app.many import REPORT_NAME, EngineSpec, RunOptions, predict_many  # noqa: E402
-from stsun.app.pipeline import build_artifacts  # noqa: E402
 from stsun.data.synthetic import write_band_files, write_scene  # noqa: E402
 from stsun.errors import ClusterError, ManifestError  # noqa: E402
 from stsun.runtime import load_engine  # noqa: E402
@@ -31,10 +30,8 @@ FIELDS = {"id", "status", "seconds", "attempts", "tiles", "km2", "output", "erro
 
 
 @pytest.fixture(scope="module")
-def build(tmp_path_factory):
-    out = tmp_path_factory.mktemp("many") / "build"
-    build_artifacts(PROFILE, out, precisions=("fp32",), max_batch=4, fidelity_tiles=1)
-    return out
+def build(scd_build):
+    return scd_build  # conftest's default-profile build, shared with the other files of the process
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@ import numpy as np
 import pytest
 
 from stsun import load_profile
-from stsun.app.pipeline import build_artifacts
 from stsun.classmaps import predicted_classes
 from stsun.runtime import load_engine
 
@@ -11,13 +10,6 @@ from rasterio.warp import transform as reproject_points  # noqa: E402
 
 from stsun.data.synthetic import write_scene  # noqa: E402
 from stsun.runtime.scene import SceneError, SceneOptions, predict_scene  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def scd_build(tmp_path_factory):
-    out = tmp_path_factory.mktemp("scene") / "build"
-    build_artifacts(load_profile("sentinel2-scd"), out, precisions=("fp32",), max_batch=4, fidelity_tiles=1)
-    return out
 
 
 def read(path):

@@ -66,11 +66,10 @@ def agreement(a, b, nodata=255):
 
 
 @pytest.fixture(scope="module")
-def s2(tmp_path_factory):
+def s2(tmp_path_factory, scd_build):
     root = tmp_path_factory.mktemp("s2")
     profile = load_profile("sentinel2-scd")
-    build_artifacts(profile, root / "build", precisions=("fp32",), max_batch=4, fidelity_tiles=1)
-    engine = load_engine(root / "build", backend="onnxruntime")
+    engine = load_engine(scd_build, backend="onnxruntime")
     scene = write_scene(profile, root / "scene", size=512, seed=11)
     return root, profile, engine, scene["dates"]
 
