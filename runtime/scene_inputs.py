@@ -304,18 +304,23 @@ def _finest(current: tuple[Path, str] | None, new: tuple[Path, str]) -> tuple[Pa
 def _from_stac(path: Path | str, profile: Profile) -> DateInput:  # noqa: C901 -- one pass over the Item's parts, in order
     import pystac
 
+    from pystac.errors import STACTypeError
+
     remote = is_remote(path)
+    shown = redact(path)  # a remote Item's URL may carry a signature in its query string
     text = read_text(str(path)) if remote else None  # fetched with a timeout; a failure is one line
     try:
         if remote:  # asset hrefs resolve against the item's URL
             item = pystac.Item.from_dict(json.loads(text), href=str(path))
-            path = redact(path)
         else:
             item = pystac.Item.from_file(str(path))
-    except (json.JSONDecodeError, KeyError, ValueError, pystac.STACError) as err:
-        raise SceneError(f"{path}: not a STAC Item ({err})") from None
+    except STACTypeError:  # valid JSON, another STAC object or none (a Collection, a bare dict)
+        raise SceneError(f"{shown}: not a STAC Item (its JSON has no \"type\": \"Feature\")") from None
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, pystac.STACError) as err:
+        raise SceneError(f"{shown}: not a STAC Item ({redact_text(str(err))[:200]})") from None
     except OSError as err:
         raise io_failure(err, path) from None
+    path = shown if remote else path
     wanted = {band_key(b): b for b in profile.band_names}
     found: dict[str, list[BandSource]] = {}
     quality = None
@@ -329,8 +334,12 @@ def _from_stac(path: Path | str, profile: Profile) -> DateInput:  # noqa: C901 -
         baseline = None  # not a baseline number: nothing to infer from it
     offset_applies = baseline is not None and float(baseline) >= 4.0
     for key, asset in item.assets.items():
-        href = asset.get_absolute_href() or asset.href
-        href = href.removeprefix("file://")
+        if remote:
+            href = _remote_asset_href(asset, key, shown)
+            if href is None:
+                continue  # a scheme GDAL is not given here (ftp, gs): not an asset this reads
+        else:
+            href = (asset.get_absolute_href() or asset.href).removeprefix("file://")
         if is_remote(href):
             href = gdal_path(href)
         elif "://" in href:
@@ -369,7 +378,7 @@ def _from_stac(path: Path | str, profile: Profile) -> DateInput:  # noqa: C901 -
         top = list(dict.fromkeys(s for rank, s in candidates if rank == best))
         if len(top) > 1:
             raise SceneError(f"{path}: several assets claim band {wanted[k]} equally "
-                             f"({', '.join(s.path for s in top)})")
+                             f"({', '.join(redact(s.path) for s in top)})")
         chosen[k] = top[0]
     for s in chosen.values():
         if not is_remote(s.path) and not Path(s.path).is_file():
@@ -378,6 +387,27 @@ def _from_stac(path: Path | str, profile: Profile) -> DateInput:  # noqa: C901 -
     when = item.datetime.isoformat() if item.datetime else props.get("start_datetime")
     return DateInput(path, "STAC item", [chosen[k] for k in wanted], quality, baseline, "STAC raster:bands offset",
                      item.id, when)
+
+
+def _remote_asset_href(asset, key: str, item: str) -> str | None:
+    """The URL of an asset of a remote Item: an http(s):// or s3:// href, or a relative one
+    resolved against the Item's URL. A local path, ``file://`` or ``/vsi...`` href is refused: a
+    served Item must not make this machine read its own files (with the user's credentials)."""
+    from urllib.parse import urlsplit
+
+    try:
+        scheme = urlsplit(asset.href).scheme.lower()
+    except ValueError:
+        scheme = "?"
+    if scheme in ("http", "https", "s3"):
+        return asset.href
+    if scheme == "file" or (not scheme and asset.href.startswith(("/", "\\"))):
+        raise SceneError(f"{item}: asset {key} points at a local file ({redact(asset.href)}); a remote STAC "
+                         f"Item may only point at http(s):// or s3:// URLs or at hrefs relative to it")
+    if scheme:
+        return None
+    href = asset.get_absolute_href() or ""
+    return href if is_remote(href) and not href.startswith("/") else None
 
 
 def warm(paths: list[str]) -> None:

@@ -234,3 +234,46 @@ def test_predict_many_publishes_to_s3_fails_a_bad_job_alone_and_resumes_from_the
     check_result_item(catalogue["features"][0], tmp_path / "a.tif")
     # the second run finds a's map in the store and does not compute it again
     assert {j["id"]: j["status"] for j in second["jobs"]} == {"a": "skipped", "b": "failed"}
+
+
+def test_a_remote_item_that_is_not_an_item_is_one_line_without_its_signature(stac, http):
+    from stsun.runtime.scene_inputs import resolve_date
+
+    base, _ = http
+    (stac / "bad").mkdir(exist_ok=True)
+    (stac / "bad" / "notjson.json").write_text("{not json")
+    (stac / "bad" / "collection.json").write_text(json.dumps({"type": "Collection", "id": "c"}))
+    (stac / "bad" / "bare.json").write_text(json.dumps({"id": "x"}))
+    for name in ("notjson", "collection", "bare"):
+        with pytest.raises(SceneError) as err:
+            resolve_date(f"{base}/bad/{name}.json?X-Amz-Signature=secret", load_profile("sentinel2-scd"))
+        message = str(err.value)
+        assert message.startswith(f"{base}/bad/{name}.json?<redacted>: not a STAC Item"), message
+        assert "secret" not in message and "\n" not in message
+
+
+def test_assets_claiming_a_band_equally_are_named_without_their_signatures(stac, http):
+    from stsun.runtime.scene_inputs import resolve_date
+
+    base, _ = http
+    item = json.loads((stac / "date1" / "item.json").read_text())
+    blue = item["assets"].pop("blue")
+    item["assets"]["x1"] = blue
+    item["assets"]["x2"] = {**blue, "href": f"{base}/date1/{blue['href']}?X-Amz-Signature=secret"}
+    (stac / "date1" / "twice.json").write_text(json.dumps(item))
+    with pytest.raises(SceneError, match="several assets claim band B2") as err:
+        resolve_date(f"{base}/date1/twice.json", load_profile("sentinel2-scd"))
+    assert "secret" not in str(err.value) and "?<redacted>" in str(err.value)
+
+
+@pytest.mark.parametrize("href", ["/etc/hostname", "file:///etc/hostname", "/vsis3/other-bucket/B02.tif"])
+def test_a_remote_item_cannot_point_at_local_files(stac, http, href):
+    from stsun.runtime.scene_inputs import resolve_date
+
+    base, _ = http
+    item = json.loads((stac / "date1" / "item.json").read_text())
+    item["assets"]["blue"]["href"] = href
+    (stac / "date1" / "local.json").write_text(json.dumps(item))
+    with pytest.raises(SceneError, match="asset blue points at a local file") as err:
+        resolve_date(f"{base}/date1/local.json", load_profile("sentinel2-scd"))
+    assert "\n" not in str(err.value)
