@@ -249,7 +249,9 @@ def predict_scene(engine: Engine, dates: list[str | Path], out: str | Path,
             # grow with the scene's height. Strips overlap and span two block rows: three block rows of
             # every input keep each block decoded once; the floor leaves room for the output's blocks.
             block_rows = gdal_block_rows(readers)
-            stack.enter_context(rasterio.Env(GDAL_CACHEMAX=max(256, 3 * block_rows >> 20)))  # MB
+            # bytes (rasterio passes an int to GDALSetCacheMax64); process-wide in GDAL, so set here once,
+            # on this thread, never in the read-ahead threads' gdal_env
+            stack.enter_context(rasterio.Env(GDAL_CACHEMAX=max(256 << 20, 3 * block_rows)))
             tiles = TileGrid(*grid.shape, p.tile_size, overlap)
             readers = read_ahead(readers, tiles.rows, tiles.tile, grid, stack)  # remote: strips read ahead, in parallel
             check_resources(p, grid, out, count, dtype, options, tiles.tile, tiles.stride, block_rows)
