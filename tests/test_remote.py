@@ -277,3 +277,36 @@ def test_a_remote_item_cannot_point_at_local_files(stac, http, href):
     with pytest.raises(SceneError, match="asset blue points at a local file") as err:
         resolve_date(f"{base}/date1/local.json", load_profile("sentinel2-scd"))
     assert "\n" not in str(err.value)
+
+
+def test_an_upload_aborts_a_killed_runs_parts_but_not_a_live_duplicates(s3, tmp_path, monkeypatch):
+    import datetime as dt
+
+    from stsun.app import outputs
+
+    small = tmp_path / "small.tif"
+    small.write_bytes(b"a small map")
+    live = s3.create_multipart_upload(Bucket=BUCKET, Key="dup/map.tif")["UploadId"]
+    # moto reports a fixed Initiated time: this machine's clock is set relative to it
+    begun = s3.list_multipart_uploads(Bucket=BUCKET, Prefix="dup/")["Uploads"][0]["Initiated"]
+    monkeypatch.setattr(outputs, "now", lambda: begun + dt.timedelta(seconds=1))
+    outputs.upload(small, f"s3://{BUCKET}/dup/map.tif")  # a duplicate attempt's upload began a second ago
+    assert [u["UploadId"] for u in s3.list_multipart_uploads(Bucket=BUCKET, Prefix="dup/").get("Uploads", [])] \
+        == [live]
+    monkeypatch.setattr(outputs, "now", lambda: begun + dt.timedelta(hours=1))  # an hour on: a killed run's
+    outputs.upload(small, f"s3://{BUCKET}/dup/map.tif")
+    assert not s3.list_multipart_uploads(Bucket=BUCKET, Prefix="dup/").get("Uploads")
+
+
+def test_a_failing_cleanup_never_hides_the_error_that_led_to_it(s3):
+    from botocore.exceptions import EndpointConnectionError
+
+    from stsun.app import outputs
+
+    client = outputs.s3_client()
+
+    def unreachable(**_):
+        raise EndpointConnectionError(endpoint_url="http://127.0.0.1:9")
+
+    client.meta.events.register("before-call.s3.ListMultipartUploads", unreachable)
+    outputs.abort_parts(client, BUCKET, "any/map.tif")  # best effort: no exception of its own
