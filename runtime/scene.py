@@ -55,9 +55,13 @@ def check_output(out: Path, dates: list[Path]) -> None:
     if out.is_dir():
         raise SceneError(f"output {out} is a directory; give a file name such as {out / 'map.tif'}")
     target = out.resolve()
+    item = out.with_suffix(".json").resolve()  # the map's STAC Item goes beside it (stsun.app.catalogue)
     for d in dates:
         if d.exists() and (target == d.resolve() or (d.is_dir() and d.resolve() in target.parents)):
             raise SceneError(f"output {out} would overwrite the input {d}; write it somewhere else")
+        if d.exists() and item == d.resolve():
+            raise SceneError(f"output {out}: its STAC Item {out.with_suffix('.json')} would overwrite the input {d}; "
+                             f"write the map somewhere else")
     try:  # the output's folder must take a file: probe it now, not after the whole inference
         out.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=out.parent, prefix=f".{out.name}.probe"):
