@@ -310,3 +310,32 @@ def test_a_failing_cleanup_never_hides_the_error_that_led_to_it(s3):
 
     client.meta.events.register("before-call.s3.ListMultipartUploads", unreachable)
     outputs.abort_parts(client, BUCKET, "any/map.tif")  # best effort: no exception of its own
+
+
+def test_preview_and_user_tiles_read_remote_pixels_with_our_timeouts(engine, stac, http, tmp_path, monkeypatch):
+    import contextlib
+
+    from rasterio.env import get_gdal_config
+
+    from stsun.app.user_tiles import _scene_images
+    from stsun.runtime import scene_inputs
+    from stsun.runtime.preview import preview
+    from stsun.runtime.remote import HTTP_TIMEOUT_S
+
+    base, _ = http
+    dates = [f"{base}/date1/item.json", f"{base}/date2/item.json"]
+    prediction = run(engine, [stac / "date1" / "item.json", stac / "date2" / "item.json"], tmp_path / "map.tif")
+    timeouts, read = [], scene_inputs.DateReader.read
+
+    def spy(self, window, *args, **kwargs):
+        timeouts.append(get_gdal_config("GDAL_HTTP_TIMEOUT"))
+        return read(self, window, *args, **kwargs)
+
+    monkeypatch.setattr(scene_inputs.DateReader, "read", spy)
+    monkeypatch.delenv("GDAL_HTTP_TIMEOUT", raising=False)
+    pytest.importorskip("matplotlib")
+    preview(dates, prediction, tmp_path / "map.png", engine.profile)
+    with contextlib.ExitStack() as stack:
+        image = _scene_images([("scene", dates)], engine.profile, stack)[0]
+        image.read(0, 0)
+    assert len(timeouts) == 4 and set(timeouts) == {HTTP_TIMEOUT_S}, timeouts
