@@ -105,6 +105,7 @@ def test_s3_output_is_a_valid_cog_with_its_stac_item(build, stac, s3, tmp_path):
            "--engine", str(build), "-o", f"s3://{BUCKET}/results/map.tif"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
+    assert f"wrote s3://{BUCKET}/results/map.tif" in done.stdout  # as given, not collapsed to s3:/
     assert not (tmp_path / "s3:").exists()  # no local folder named after the scheme
     keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="results/")["Contents"])
     assert keys == ["results/map.json", "results/map.tif"]
