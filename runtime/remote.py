@@ -222,6 +222,5 @@ def redact_text(text: str) -> str:
     return re.sub(r"(?:https?|s3)://[^\s'\"]+", lambda m: redact(m.group(0)), text, flags=re.I)
 
 
-__all__ = ["GDAL_REMOTE", "MAX_ITEM_BYTES", "as_fetch_url", "as_url", "gdal_config", "gdal_env", "gdal_path", "is_remote", "read_text", "redact",
-           "redact_text",
-           "request_payer", "s3_client", "s3_endpoint", "split_s3"]
+__all__ = ["GDAL_REMOTE", "MAX_ITEM_BYTES", "as_fetch_url", "as_url", "gdal_config", "gdal_env", "gdal_path",
+           "is_remote", "read_text", "redact", "redact_text", "request_payer", "s3_client", "s3_endpoint", "split_s3"]

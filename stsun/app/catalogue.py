@@ -129,9 +129,9 @@ def item_collection(items: list[dict]) -> dict:
 def write_collection(outdir: Path, store: str | None, job_ids: list[str]) -> Path:
     """``catalogue.json`` in ``outdir``: an ItemCollection of the Items of ``job_ids``' maps
     (read from the store when ``store`` is given), hrefs relative to it."""
-    from .outputs import get_text, join
-
     import pystac
+
+    from .outputs import get_text, join
 
     items = []
     for job_id in job_ids:

@@ -246,6 +246,6 @@ def publish_catalogue(outdir: Path, store: str | None, job_ids: list[str]) -> No
             upload(path, join(store, path.name))
 
 
-__all__ = ["MULTIPART_BYTES", "abort_parts", "base_name", "get_text", "head", "is_store", "join", "local_dir", "publish",
-           "publish_catalogue", "publish_job", "scene_output", "stored_output", "siblings", "staged",
+__all__ = ["MULTIPART_BYTES", "abort_parts", "base_name", "get_text", "head", "is_store", "join", "local_dir",
+           "publish", "publish_catalogue", "publish_job", "scene_output", "stored_output", "siblings", "staged",
            "upload"]
