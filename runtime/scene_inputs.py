@@ -26,6 +26,7 @@ bit fields must not be interpolated).
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import re
 from dataclasses import dataclass, replace
@@ -303,7 +304,6 @@ def _finest(current: tuple[Path, str] | None, new: tuple[Path, str]) -> tuple[Pa
 
 def _from_stac(path: Path | str, profile: Profile) -> DateInput:  # noqa: C901 -- one pass over the Item's parts, in order
     import pystac
-
     from pystac.errors import STACTypeError
 
     remote = is_remote(path)
@@ -570,9 +570,6 @@ class DateReader:
                  dn_offset: float | None = None, mask_quality: bool = False) -> None:
         """``dn_offset``: added to every band's digital numbers, overriding the product's and the
         profile's (None: the product's metadata, else the profile's)."""
-        from rasterio.enums import MaskFlags, Resampling
-        from rasterio.vrt import WarpedVRT
-
         self.date, self.profile = date, profile
         self._opening = (grid, dn_offset, mask_quality)
         self.scaling = [band_scaling(s, profile, dn_offset, date.offset_source) for s in date.bands]
@@ -581,46 +578,69 @@ class DateReader:
                              f"(-1000 for L2A) but the product's metadata does not give it (no MTD_MSIL2A.xml / "
                              f"MTD_MSIL1C.xml with BOA_ADD_OFFSET / RADIO_ADD_OFFSET, no STAC raster:bands offset); "
                              f"pass --dn-offset (for example --dn-offset -1000)")
-        self.groups: list[_BandGroup] = []
         by_path: dict[str, list[tuple[int, BandSource]]] = {}
         for pos, s in enumerate(date.bands):
             by_path.setdefault(s.path, []).append((pos, s))
-        for path, items in by_path.items():
-            src = stack.enter_context(_open(path))
-            indexes = [s.index for _, s in items]
-            nodata = src.nodata if src.nodata is not None else profile.nodata
-            # per-dataset masks and alpha bands are not expressible as a value: only then read masks
-            flags = [src.mask_flag_enums[i - 1] for i in indexes]
-            needs_masks = any(MaskFlags.per_dataset in f or MaskFlags.alpha in f for f in flags)
-            group = _BandGroup(src, indexes, [s for _, s in items], [pos for pos, _ in items], nodata, needs_masks)
-            on_grid = (src.crs == grid.crs and src.transform == grid.transform and src.shape == grid.shape)
-            aligned = None if on_grid else _aligned_factor(src, grid)
-            if aligned:
-                group.factor, group.origin = aligned
-            elif not on_grid:
-                finer = abs(src.transform.a) < abs(grid.transform.a) and src.crs == grid.crs
-                # without a nodata value, an alpha band marks what lies outside the source
-                group.src = stack.enter_context(WarpedVRT(
-                    src, crs=grid.crs, transform=grid.transform, width=grid.width, height=grid.height,
-                    resampling=Resampling.average if finer else Resampling.bilinear,
-                    src_nodata=nodata, nodata=nodata, add_alpha=nodata is None))
-                group.needs_masks = needs_masks or nodata is None
-            self.groups.append(group)
+        self.groups: list[_BandGroup] = [self._open_group(path, items, stack) for path, items in by_path.items()]
         self.quality = None
         if mask_quality:
             if date.quality is None:
                 raise SceneError(f"{date.source}: --mask-quality needs the product's quality band (Sentinel-2 SCL or "
                                  f"Landsat QA_PIXEL), and this {date.kind} has none")
-            qpath, qkind = date.quality
-            q = stack.enter_context(_open(qpath))
-            if not (q.crs == grid.crs and q.transform == grid.transform and q.shape == grid.shape):
-                q = stack.enter_context(WarpedVRT(q, crs=grid.crs, transform=grid.transform, width=grid.width,
-                                                  height=grid.height, resampling=Resampling.nearest))
-            self.quality = (q, qkind)
+            self.quality = self._open_quality(stack)
 
-    def reopen(self, stack: contextlib.ExitStack) -> DateReader:
-        """The same reader on handles of its own (GDAL datasets serve one thread at a time)."""
-        return DateReader(self.date, self.profile, self._opening[0], stack, *self._opening[1:])
+    def _open_group(self, path: str, items: list[tuple[int, BandSource]], stack: contextlib.ExitStack) -> _BandGroup:
+        """The bands ``items`` (profile position, source) of the file at ``path``, on the grid."""
+        from rasterio.enums import MaskFlags, Resampling
+        from rasterio.vrt import WarpedVRT
+
+        profile, grid = self.profile, self._opening[0]
+        src = stack.enter_context(_open(path))
+        indexes = [s.index for _, s in items]
+        nodata = src.nodata if src.nodata is not None else profile.nodata
+        # per-dataset masks and alpha bands are not expressible as a value: only then read masks
+        flags = [src.mask_flag_enums[i - 1] for i in indexes]
+        needs_masks = any(MaskFlags.per_dataset in f or MaskFlags.alpha in f for f in flags)
+        group = _BandGroup(src, indexes, [s for _, s in items], [pos for pos, _ in items], nodata, needs_masks)
+        on_grid = (src.crs == grid.crs and src.transform == grid.transform and src.shape == grid.shape)
+        aligned = None if on_grid else _aligned_factor(src, grid)
+        if aligned:
+            group.factor, group.origin = aligned
+        elif not on_grid:
+            finer = abs(src.transform.a) < abs(grid.transform.a) and src.crs == grid.crs
+            # without a nodata value, an alpha band marks what lies outside the source
+            group.src = stack.enter_context(WarpedVRT(
+                src, crs=grid.crs, transform=grid.transform, width=grid.width, height=grid.height,
+                resampling=Resampling.average if finer else Resampling.bilinear,
+                src_nodata=nodata, nodata=nodata, add_alpha=nodata is None))
+            group.needs_masks = needs_masks or nodata is None
+        return group
+
+    def _open_quality(self, stack: contextlib.ExitStack) -> tuple[object, str]:
+        """The date's quality band on the grid, and its kind."""
+        from rasterio.enums import Resampling
+        from rasterio.vrt import WarpedVRT
+
+        grid = self._opening[0]
+        qpath, qkind = self.date.quality
+        q = stack.enter_context(_open(qpath))
+        if not (q.crs == grid.crs and q.transform == grid.transform and q.shape == grid.shape):
+            q = stack.enter_context(WarpedVRT(q, crs=grid.crs, transform=grid.transform, width=grid.width,
+                                              height=grid.height, resampling=Resampling.nearest))
+        return q, qkind
+
+    def reopen(self, stack: contextlib.ExitStack, part: int | None) -> DateReader:
+        """This reader with its band group ``part`` (None: its quality band) on handles of its own
+        (GDAL datasets serve one thread at a time); only that part may be read through it, so a
+        thread reading one file opens that file alone."""
+        twin = copy.copy(self)
+        if part is None:
+            twin.quality = self._open_quality(stack)
+        else:
+            g = self.groups[part]
+            twin.groups = list(self.groups)
+            twin.groups[part] = self._open_group(g.sources[0].path, list(zip(g.positions, g.sources)), stack)
+        return twin
 
     @property
     def reads_raw(self) -> bool:

@@ -340,3 +340,23 @@ def test_preview_and_user_tiles_read_remote_pixels_with_our_timeouts(engine, sta
         image = _scene_images([("scene", dates)], engine.profile, stack)[0]
         image.read(0, 0)
     assert len(timeouts) == 4 and set(timeouts) == {HTTP_TIMEOUT_S}, timeouts
+
+
+def test_each_read_ahead_thread_opens_its_own_file_only(engine, http, tmp_path, monkeypatch):
+    from collections import Counter
+
+    from stsun.runtime import scene_inputs
+
+    base, _ = http
+    opened, real_open = Counter(), scene_inputs._open
+
+    def counting_open(path):
+        opened[path] += 1
+        return real_open(path)
+
+    monkeypatch.setattr(scene_inputs, "_open", counting_open)
+    run(engine, [f"{base}/date1/item.json", f"{base}/date2/item.json"], tmp_path / "map.tif")
+    files = 2 * len(engine.profile.band_names)
+    assert len(opened) == files  # each band file of the two dates
+    # warming the headers, the grid, the scene's reader, the one read-ahead thread of that file
+    assert max(opened.values()) <= 4, opened
