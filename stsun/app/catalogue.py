@@ -140,7 +140,9 @@ def write_collection(outdir: Path, store: str | None, job_ids: list[str]) -> Pat
         if not text:
             continue
         try:  # a corrupt Item leaves its map out of the catalogue, not the others
-            items.append(pystac.Item.from_dict(json.loads(text)).to_dict())
+            item = json.loads(text)
+            pystac.Item.from_dict(item)
+            items.append(item)
         except (ValueError, KeyError, TypeError, AttributeError, pystac.STACError, pystac.errors.STACTypeError) as err:
             warnings.warn(f"{name}: not a STAC Item, left out of the catalogue ({err})", stacklevel=2)
     path = outdir / "catalogue.json"
