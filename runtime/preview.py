@@ -11,6 +11,7 @@ from stsun.classmaps import CHANGE_COLOURS, class_colours
 from stsun.display import stretch
 from stsun.errors import SceneError
 
+from .remote import gdal_env, is_remote
 from .scene_inputs import DateReader, Grid, native_grid, resolve_date
 from .scene_outputs import band_name
 
@@ -39,6 +40,8 @@ def preview(dates: list[str | Path], prediction: str | Path, path: str | Path, p
         from affine import Affine
 
         with contextlib.ExitStack() as stack:
+            if any(is_remote(d) for d in dates):  # reads with our timeouts and retries, not GDAL's defaults
+                stack.enter_context(gdal_env())
             full = native_grid(resolve_date(dates[0], profile), profile)
             small = Grid(full.crs, full.transform * Affine.scale(full.width / shape[1], full.height / shape[0]),
                          shape[1], shape[0])

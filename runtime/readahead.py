@@ -64,8 +64,8 @@ class ReadAhead:
         for stack in self.stacks:
             stack.close()
 
-    def _own(self, t: int) -> DateReader:
-        """This thread's reader of date ``t``."""
+    def _own(self, t: int, group: int | None) -> DateReader:
+        """This thread's reader of date ``t``, ``group`` (None: the quality band) on its own handles."""
         mine = getattr(self.local, "readers", None)
         if mine is None:
             stack = contextlib.ExitStack()
@@ -73,13 +73,13 @@ class ReadAhead:
                 self.stacks.append(stack)
             mine = self.local.readers = (stack, {})
         stack, readers = mine
-        if t not in readers:
-            readers[t] = self.readers[t].reopen(stack)
-        return readers[t]
+        if (t, group) not in readers:
+            readers[(t, group)] = self.readers[t].reopen(stack, group)
+        return readers[(t, group)]
 
     def _read(self, t: int, i: int, group: int | None, out: np.ndarray) -> np.ndarray:
         with gdal_env():  # GDAL's options are per thread
-            reader = self._own(t)
+            reader = self._own(t, group)
             window = self.windows[i]
             return reader.read_quality(window) if group is None else reader.read_group(group, window, out)
 

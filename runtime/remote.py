@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import time
 from collections.abc import Iterator
 from urllib.parse import urlsplit, urlunsplit
 
@@ -37,9 +38,12 @@ GDAL_REMOTE: dict[str, object] = {
     "CPL_VSIL_CURL_CHUNK_SIZE": str(64 << 10),
     "VSI_CACHE": "TRUE",
     "VSI_CACHE_SIZE": str(32 << 20),
-    "GDAL_CACHEMAX": 256,                         # MB of decoded blocks, bounded whatever the scene
-    "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.tiff,.TIF,.TIFF,.jp2,.JP2",
+    # GDAL compares extensions case-insensitively; {noext}: COG URLs without one (signed API links)
+    "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.tiff,.jp2,{noext}",
 }
+# GDAL_CACHEMAX is not among them: it is process-wide in GDAL, so threads entering and leaving
+# gdal_env would race on it; the scene runner sets it once (stsun.runtime.scene).
+MAX_ITEM_BYTES = 16 << 20  # a STAC Item is kilobytes: anything this big is not one
 
 
 _COLLAPSED = re.compile(r"^(https?|s3):/(?!/)", re.I)
@@ -68,18 +72,22 @@ def gdal_path(href: str) -> str:
 
 
 def redact(href: str | os.PathLike) -> str:
-    """``href`` fit for a message or log: user info and query string removed."""
+    """``href`` fit for a message or log: user info and query string removed. Never raises (a URL
+    too broken to parse is shown as ``scheme://<redacted>``)."""
     text = str(href)
     prefix = ""
     for vsi in ("/vsicurl/", "/vsis3/"):
-        if text.startswith(vsi):
-            prefix, text = vsi, text[len(vsi):]
-    parts = urlsplit(text)
-    if not parts.scheme:
-        return prefix + text
-    netloc = parts.netloc.rsplit("@", 1)[-1]
-    query = "<redacted>" if parts.query else ""
-    return prefix + urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+        if text.lower().startswith(vsi):
+            prefix, text = text[:len(vsi)], text[len(vsi):]
+    try:
+        parts = urlsplit(text)
+        if not parts.scheme:
+            return prefix + text
+        netloc = parts.netloc.rsplit("@", 1)[-1]
+        query = "<redacted>" if parts.query else ""
+        return prefix + urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        return prefix + text.split(":", 1)[0] + "://<redacted>"
 
 
 def gdal_config() -> dict[str, object]:
@@ -141,9 +149,40 @@ def split_s3(url: str) -> tuple[str, str]:
     return parts.netloc, parts.path.lstrip("/")
 
 
+def as_fetch_url(href: str) -> str:
+    """The URL of a GDAL network path (``/vsis3/b/k`` -> ``s3://b/k``, ``/vsicurl/URL`` -> URL)."""
+    if href.lower().startswith("/vsis3/"):
+        return "s3://" + href[len("/vsis3/"):]
+    if href.lower().startswith("/vsicurl/") and urlsplit(href[len("/vsicurl/"):]).scheme.lower() in ("http", "https"):
+        return href[len("/vsicurl/"):]
+    if href.lower().startswith("/vsi"):
+        raise SceneError(f"{redact(href)}: only http(s):// and s3:// STAC Items can be fetched")
+    return href
+
+
+def _read_capped(read, href: str, timeout: float) -> str:
+    """The text ``read(n)`` gives in chunks, within an overall deadline (a server that drips bytes
+    would pass every per-read timeout) and ``MAX_ITEM_BYTES``."""
+    deadline = time.monotonic() + 4 * timeout
+    chunks, size = [], 0
+    while chunk := read(64 << 10):
+        size += len(chunk)
+        if size > MAX_ITEM_BYTES:
+            raise SceneError(f"{redact(href)}: over {MAX_ITEM_BYTES >> 20} MB, not a STAC Item")
+        if time.monotonic() > deadline:
+            raise SceneError(f"{redact(href)}: no complete answer within {4 * timeout:g} s")
+        chunks.append(chunk)
+    try:
+        return b"".join(chunks).decode()
+    except UnicodeDecodeError:
+        raise SceneError(f"{redact(href)}: not text (not a STAC Item)") from None
+
+
 def read_text(href: str) -> str:
-    """The text at a URL (a STAC Item), fetched with a timeout; a failure is a SceneError in one
-    line naming the URL (redacted) and the status."""
+    """The text at a URL (a STAC Item), fetched with a timeout per read and an overall deadline,
+    at most ``MAX_ITEM_BYTES``; a failure is a SceneError in one line naming the URL (redacted)
+    and the status."""
+    href = as_fetch_url(href)
     scheme = urlsplit(href).scheme.lower()
     timeout = float(os.environ.get("GDAL_HTTP_TIMEOUT", HTTP_TIMEOUT_S))
     if scheme == "s3":
@@ -152,7 +191,7 @@ def read_text(href: str) -> str:
         bucket, key = split_s3(href)
         try:
             body = s3_client().get_object(Bucket=bucket, Key=key, **request_payer())["Body"]
-            return body.read().decode()
+            return _read_capped(body.read, href, timeout)
         except ClientError as err:
             status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode", "?")
             code = err.response.get("Error", {}).get("Code", "")
@@ -164,7 +203,8 @@ def read_text(href: str) -> str:
 
     try:
         with urllib.request.urlopen(href, timeout=timeout) as response:
-            return response.read().decode()
+            # read1: one receive at a time, so the deadline is checked between them
+            return _read_capped(response.read1, href, timeout)
     except urllib.error.HTTPError as err:
         raise SceneError(f"{redact(href)}: HTTP {err.code} {err.reason}") from None
     except (urllib.error.URLError, TimeoutError, OSError) as err:
@@ -179,9 +219,8 @@ def request_payer() -> dict[str, str]:
 
 def redact_text(text: str) -> str:
     """Every URL in ``text`` redacted (GDAL's messages quote the URL they failed on)."""
-    return re.sub(r"(?:https?|s3)://[^\s'\"]+", lambda m: redact(m.group(0)), text)
+    return re.sub(r"(?:https?|s3)://[^\s'\"]+", lambda m: redact(m.group(0)), text, flags=re.I)
 
 
-__all__ = ["GDAL_REMOTE", "as_url", "gdal_config", "gdal_env", "gdal_path", "is_remote", "read_text", "redact",
-           "redact_text",
-           "request_payer", "s3_client", "s3_endpoint", "split_s3"]
+__all__ = ["GDAL_REMOTE", "MAX_ITEM_BYTES", "as_fetch_url", "as_url", "gdal_config", "gdal_env", "gdal_path",
+           "is_remote", "read_text", "redact", "redact_text", "request_payer", "s3_client", "s3_endpoint", "split_s3"]

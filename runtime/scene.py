@@ -55,9 +55,13 @@ def check_output(out: Path, dates: list[Path]) -> None:
     if out.is_dir():
         raise SceneError(f"output {out} is a directory; give a file name such as {out / 'map.tif'}")
     target = out.resolve()
+    item = out.with_suffix(".json").resolve()  # the map's STAC Item goes beside it (stsun.app.catalogue)
     for d in dates:
         if d.exists() and (target == d.resolve() or (d.is_dir() and d.resolve() in target.parents)):
             raise SceneError(f"output {out} would overwrite the input {d}; write it somewhere else")
+        if d.exists() and item == d.resolve():
+            raise SceneError(f"output {out}: its STAC Item {out.with_suffix('.json')} would overwrite the input {d}; "
+                             f"write the map somewhere else")
     try:  # the output's folder must take a file: probe it now, not after the whole inference
         out.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=out.parent, prefix=f".{out.name}.probe"):
@@ -249,7 +253,9 @@ def predict_scene(engine: Engine, dates: list[str | Path], out: str | Path,
             # grow with the scene's height. Strips overlap and span two block rows: three block rows of
             # every input keep each block decoded once; the floor leaves room for the output's blocks.
             block_rows = gdal_block_rows(readers)
-            stack.enter_context(rasterio.Env(GDAL_CACHEMAX=max(256, 3 * block_rows >> 20)))  # MB
+            # bytes (rasterio passes an int to GDALSetCacheMax64); process-wide in GDAL, so set here once,
+            # on this thread, never in the read-ahead threads' gdal_env
+            stack.enter_context(rasterio.Env(GDAL_CACHEMAX=max(256 << 20, 3 * block_rows)))
             tiles = TileGrid(*grid.shape, p.tile_size, overlap)
             readers = read_ahead(readers, tiles.rows, tiles.tile, grid, stack)  # remote: strips read ahead, in parallel
             check_resources(p, grid, out, count, dtype, options, tiles.tile, tiles.stride, block_rows)

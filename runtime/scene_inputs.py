@@ -26,6 +26,7 @@ bit fields must not be interpolated).
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import re
 from dataclasses import dataclass, replace
@@ -303,19 +304,23 @@ def _finest(current: tuple[Path, str] | None, new: tuple[Path, str]) -> tuple[Pa
 
 def _from_stac(path: Path | str, profile: Profile) -> DateInput:  # noqa: C901 -- one pass over the Item's parts, in order
     import pystac
+    from pystac.errors import STACTypeError
 
     remote = is_remote(path)
+    shown = redact(path)  # a remote Item's URL may carry a signature in its query string
     text = read_text(str(path)) if remote else None  # fetched with a timeout; a failure is one line
     try:
         if remote:  # asset hrefs resolve against the item's URL
             item = pystac.Item.from_dict(json.loads(text), href=str(path))
-            path = redact(path)
         else:
             item = pystac.Item.from_file(str(path))
-    except (json.JSONDecodeError, KeyError, ValueError, pystac.STACError) as err:
-        raise SceneError(f"{path}: not a STAC Item ({err})") from None
+    except STACTypeError:  # valid JSON, another STAC object or none (a Collection, a bare dict)
+        raise SceneError(f"{shown}: not a STAC Item (its JSON has no \"type\": \"Feature\")") from None
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, pystac.STACError) as err:
+        raise SceneError(f"{shown}: not a STAC Item ({redact_text(str(err))[:200]})") from None
     except OSError as err:
         raise io_failure(err, path) from None
+    path = shown if remote else path
     wanted = {band_key(b): b for b in profile.band_names}
     found: dict[str, list[BandSource]] = {}
     quality = None
@@ -329,8 +334,12 @@ def _from_stac(path: Path | str, profile: Profile) -> DateInput:  # noqa: C901 -
         baseline = None  # not a baseline number: nothing to infer from it
     offset_applies = baseline is not None and float(baseline) >= 4.0
     for key, asset in item.assets.items():
-        href = asset.get_absolute_href() or asset.href
-        href = href.removeprefix("file://")
+        if remote:
+            href = _remote_asset_href(asset, key, shown)
+            if href is None:
+                continue  # a scheme GDAL is not given here (ftp, gs): not an asset this reads
+        else:
+            href = (asset.get_absolute_href() or asset.href).removeprefix("file://")
         if is_remote(href):
             href = gdal_path(href)
         elif "://" in href:
@@ -369,7 +378,7 @@ def _from_stac(path: Path | str, profile: Profile) -> DateInput:  # noqa: C901 -
         top = list(dict.fromkeys(s for rank, s in candidates if rank == best))
         if len(top) > 1:
             raise SceneError(f"{path}: several assets claim band {wanted[k]} equally "
-                             f"({', '.join(s.path for s in top)})")
+                             f"({', '.join(redact(s.path) for s in top)})")
         chosen[k] = top[0]
     for s in chosen.values():
         if not is_remote(s.path) and not Path(s.path).is_file():
@@ -378,6 +387,27 @@ def _from_stac(path: Path | str, profile: Profile) -> DateInput:  # noqa: C901 -
     when = item.datetime.isoformat() if item.datetime else props.get("start_datetime")
     return DateInput(path, "STAC item", [chosen[k] for k in wanted], quality, baseline, "STAC raster:bands offset",
                      item.id, when)
+
+
+def _remote_asset_href(asset, key: str, item: str) -> str | None:
+    """The URL of an asset of a remote Item: an http(s):// or s3:// href, or a relative one
+    resolved against the Item's URL. A local path, ``file://`` or ``/vsi...`` href is refused: a
+    served Item must not make this machine read its own files (with the user's credentials)."""
+    from urllib.parse import urlsplit
+
+    try:
+        scheme = urlsplit(asset.href).scheme.lower()
+    except ValueError:
+        scheme = "?"
+    if scheme in ("http", "https", "s3"):
+        return asset.href
+    if scheme == "file" or (not scheme and asset.href.startswith(("/", "\\"))):
+        raise SceneError(f"{item}: asset {key} points at a local file ({redact(asset.href)}); a remote STAC "
+                         f"Item may only point at http(s):// or s3:// URLs or at hrefs relative to it")
+    if scheme:
+        return None
+    href = asset.get_absolute_href() or ""
+    return href if is_remote(href) and not href.startswith("/") else None
 
 
 def warm(paths: list[str]) -> None:
@@ -540,9 +570,6 @@ class DateReader:
                  dn_offset: float | None = None, mask_quality: bool = False) -> None:
         """``dn_offset``: added to every band's digital numbers, overriding the product's and the
         profile's (None: the product's metadata, else the profile's)."""
-        from rasterio.enums import MaskFlags, Resampling
-        from rasterio.vrt import WarpedVRT
-
         self.date, self.profile = date, profile
         self._opening = (grid, dn_offset, mask_quality)
         self.scaling = [band_scaling(s, profile, dn_offset, date.offset_source) for s in date.bands]
@@ -551,46 +578,69 @@ class DateReader:
                              f"(-1000 for L2A) but the product's metadata does not give it (no MTD_MSIL2A.xml / "
                              f"MTD_MSIL1C.xml with BOA_ADD_OFFSET / RADIO_ADD_OFFSET, no STAC raster:bands offset); "
                              f"pass --dn-offset (for example --dn-offset -1000)")
-        self.groups: list[_BandGroup] = []
         by_path: dict[str, list[tuple[int, BandSource]]] = {}
         for pos, s in enumerate(date.bands):
             by_path.setdefault(s.path, []).append((pos, s))
-        for path, items in by_path.items():
-            src = stack.enter_context(_open(path))
-            indexes = [s.index for _, s in items]
-            nodata = src.nodata if src.nodata is not None else profile.nodata
-            # per-dataset masks and alpha bands are not expressible as a value: only then read masks
-            flags = [src.mask_flag_enums[i - 1] for i in indexes]
-            needs_masks = any(MaskFlags.per_dataset in f or MaskFlags.alpha in f for f in flags)
-            group = _BandGroup(src, indexes, [s for _, s in items], [pos for pos, _ in items], nodata, needs_masks)
-            on_grid = (src.crs == grid.crs and src.transform == grid.transform and src.shape == grid.shape)
-            aligned = None if on_grid else _aligned_factor(src, grid)
-            if aligned:
-                group.factor, group.origin = aligned
-            elif not on_grid:
-                finer = abs(src.transform.a) < abs(grid.transform.a) and src.crs == grid.crs
-                # without a nodata value, an alpha band marks what lies outside the source
-                group.src = stack.enter_context(WarpedVRT(
-                    src, crs=grid.crs, transform=grid.transform, width=grid.width, height=grid.height,
-                    resampling=Resampling.average if finer else Resampling.bilinear,
-                    src_nodata=nodata, nodata=nodata, add_alpha=nodata is None))
-                group.needs_masks = needs_masks or nodata is None
-            self.groups.append(group)
+        self.groups: list[_BandGroup] = [self._open_group(path, items, stack) for path, items in by_path.items()]
         self.quality = None
         if mask_quality:
             if date.quality is None:
                 raise SceneError(f"{date.source}: --mask-quality needs the product's quality band (Sentinel-2 SCL or "
                                  f"Landsat QA_PIXEL), and this {date.kind} has none")
-            qpath, qkind = date.quality
-            q = stack.enter_context(_open(qpath))
-            if not (q.crs == grid.crs and q.transform == grid.transform and q.shape == grid.shape):
-                q = stack.enter_context(WarpedVRT(q, crs=grid.crs, transform=grid.transform, width=grid.width,
-                                                  height=grid.height, resampling=Resampling.nearest))
-            self.quality = (q, qkind)
+            self.quality = self._open_quality(stack)
 
-    def reopen(self, stack: contextlib.ExitStack) -> DateReader:
-        """The same reader on handles of its own (GDAL datasets serve one thread at a time)."""
-        return DateReader(self.date, self.profile, self._opening[0], stack, *self._opening[1:])
+    def _open_group(self, path: str, items: list[tuple[int, BandSource]], stack: contextlib.ExitStack) -> _BandGroup:
+        """The bands ``items`` (profile position, source) of the file at ``path``, on the grid."""
+        from rasterio.enums import MaskFlags, Resampling
+        from rasterio.vrt import WarpedVRT
+
+        profile, grid = self.profile, self._opening[0]
+        src = stack.enter_context(_open(path))
+        indexes = [s.index for _, s in items]
+        nodata = src.nodata if src.nodata is not None else profile.nodata
+        # per-dataset masks and alpha bands are not expressible as a value: only then read masks
+        flags = [src.mask_flag_enums[i - 1] for i in indexes]
+        needs_masks = any(MaskFlags.per_dataset in f or MaskFlags.alpha in f for f in flags)
+        group = _BandGroup(src, indexes, [s for _, s in items], [pos for pos, _ in items], nodata, needs_masks)
+        on_grid = (src.crs == grid.crs and src.transform == grid.transform and src.shape == grid.shape)
+        aligned = None if on_grid else _aligned_factor(src, grid)
+        if aligned:
+            group.factor, group.origin = aligned
+        elif not on_grid:
+            finer = abs(src.transform.a) < abs(grid.transform.a) and src.crs == grid.crs
+            # without a nodata value, an alpha band marks what lies outside the source
+            group.src = stack.enter_context(WarpedVRT(
+                src, crs=grid.crs, transform=grid.transform, width=grid.width, height=grid.height,
+                resampling=Resampling.average if finer else Resampling.bilinear,
+                src_nodata=nodata, nodata=nodata, add_alpha=nodata is None))
+            group.needs_masks = needs_masks or nodata is None
+        return group
+
+    def _open_quality(self, stack: contextlib.ExitStack) -> tuple[object, str]:
+        """The date's quality band on the grid, and its kind."""
+        from rasterio.enums import Resampling
+        from rasterio.vrt import WarpedVRT
+
+        grid = self._opening[0]
+        qpath, qkind = self.date.quality
+        q = stack.enter_context(_open(qpath))
+        if not (q.crs == grid.crs and q.transform == grid.transform and q.shape == grid.shape):
+            q = stack.enter_context(WarpedVRT(q, crs=grid.crs, transform=grid.transform, width=grid.width,
+                                              height=grid.height, resampling=Resampling.nearest))
+        return q, qkind
+
+    def reopen(self, stack: contextlib.ExitStack, part: int | None) -> DateReader:
+        """This reader with its band group ``part`` (None: its quality band) on handles of its own
+        (GDAL datasets serve one thread at a time); only that part may be read through it, so a
+        thread reading one file opens that file alone."""
+        twin = copy.copy(self)
+        if part is None:
+            twin.quality = self._open_quality(stack)
+        else:
+            g = self.groups[part]
+            twin.groups = list(self.groups)
+            twin.groups[part] = self._open_group(g.sources[0].path, list(zip(g.positions, g.sources)), stack)
+        return twin
 
     @property
     def reads_raw(self) -> bool:

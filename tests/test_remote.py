@@ -102,6 +102,7 @@ def test_s3_output_is_a_valid_cog_with_its_stac_item(build, stac, s3, tmp_path):
            "--engine", str(build), "-o", f"s3://{BUCKET}/results/map.tif"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
+    assert f"wrote s3://{BUCKET}/results/map.tif" in done.stdout  # as given, not collapsed to s3:/
     assert not (tmp_path / "s3:").exists()  # no local folder named after the scheme
     keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="results/")["Contents"])
     assert keys == ["results/map.json", "results/map.tif"]
@@ -231,3 +232,128 @@ def test_predict_many_publishes_to_s3_fails_a_bad_job_alone_and_resumes_from_the
     check_result_item(catalogue["features"][0], tmp_path / "a.tif")
     # the second run finds a's map in the store and does not compute it again
     assert {j["id"]: j["status"] for j in second["jobs"]} == {"a": "skipped", "b": "failed"}
+
+
+def test_a_remote_item_that_is_not_an_item_is_one_line_without_its_signature(stac, http):
+    from stsun.runtime.scene_inputs import resolve_date
+
+    base, _ = http
+    (stac / "bad").mkdir(exist_ok=True)
+    (stac / "bad" / "notjson.json").write_text("{not json")
+    (stac / "bad" / "collection.json").write_text(json.dumps({"type": "Collection", "id": "c"}))
+    (stac / "bad" / "bare.json").write_text(json.dumps({"id": "x"}))
+    for name in ("notjson", "collection", "bare"):
+        with pytest.raises(SceneError) as err:
+            resolve_date(f"{base}/bad/{name}.json?X-Amz-Signature=secret", load_profile("sentinel2-scd"))
+        message = str(err.value)
+        assert message.startswith(f"{base}/bad/{name}.json?<redacted>: not a STAC Item"), message
+        assert "secret" not in message and "\n" not in message
+
+
+def test_assets_claiming_a_band_equally_are_named_without_their_signatures(stac, http):
+    from stsun.runtime.scene_inputs import resolve_date
+
+    base, _ = http
+    item = json.loads((stac / "date1" / "item.json").read_text())
+    blue = item["assets"].pop("blue")
+    item["assets"]["x1"] = blue
+    item["assets"]["x2"] = {**blue, "href": f"{base}/date1/{blue['href']}?X-Amz-Signature=secret"}
+    (stac / "date1" / "twice.json").write_text(json.dumps(item))
+    with pytest.raises(SceneError, match="several assets claim band B2") as err:
+        resolve_date(f"{base}/date1/twice.json", load_profile("sentinel2-scd"))
+    assert "secret" not in str(err.value) and "?<redacted>" in str(err.value)
+
+
+@pytest.mark.parametrize("href", ["/etc/hostname", "file:///etc/hostname", "/vsis3/other-bucket/B02.tif"])
+def test_a_remote_item_cannot_point_at_local_files(stac, http, href):
+    from stsun.runtime.scene_inputs import resolve_date
+
+    base, _ = http
+    item = json.loads((stac / "date1" / "item.json").read_text())
+    item["assets"]["blue"]["href"] = href
+    (stac / "date1" / "local.json").write_text(json.dumps(item))
+    with pytest.raises(SceneError, match="asset blue points at a local file") as err:
+        resolve_date(f"{base}/date1/local.json", load_profile("sentinel2-scd"))
+    assert "\n" not in str(err.value)
+
+
+def test_an_upload_aborts_a_killed_runs_parts_but_not_a_live_duplicates(s3, tmp_path, monkeypatch):
+    import datetime as dt
+
+    from stsun.app import outputs
+
+    small = tmp_path / "small.tif"
+    small.write_bytes(b"a small map")
+    live = s3.create_multipart_upload(Bucket=BUCKET, Key="dup/map.tif")["UploadId"]
+    # moto reports a fixed Initiated time: this machine's clock is set relative to it
+    begun = s3.list_multipart_uploads(Bucket=BUCKET, Prefix="dup/")["Uploads"][0]["Initiated"]
+    monkeypatch.setattr(outputs, "now", lambda: begun + dt.timedelta(seconds=1))
+    outputs.upload(small, f"s3://{BUCKET}/dup/map.tif")  # a duplicate attempt's upload began a second ago
+    assert [u["UploadId"] for u in s3.list_multipart_uploads(Bucket=BUCKET, Prefix="dup/").get("Uploads", [])] \
+        == [live]
+    monkeypatch.setattr(outputs, "now", lambda: begun + dt.timedelta(hours=1))  # an hour on: a killed run's
+    outputs.upload(small, f"s3://{BUCKET}/dup/map.tif")
+    assert not s3.list_multipart_uploads(Bucket=BUCKET, Prefix="dup/").get("Uploads")
+
+
+def test_a_failing_cleanup_never_hides_the_error_that_led_to_it(s3):
+    from botocore.exceptions import EndpointConnectionError
+
+    from stsun.app import outputs
+
+    client = outputs.s3_client()
+
+    def unreachable(**_):
+        raise EndpointConnectionError(endpoint_url="http://127.0.0.1:9")
+
+    client.meta.events.register("before-call.s3.ListMultipartUploads", unreachable)
+    outputs.abort_parts(client, BUCKET, "any/map.tif")  # best effort: no exception of its own
+
+
+def test_preview_and_user_tiles_read_remote_pixels_with_our_timeouts(engine, stac, http, tmp_path, monkeypatch):
+    import contextlib
+
+    from rasterio.env import get_gdal_config
+
+    from stsun.app.user_tiles import _scene_images
+    from stsun.runtime import scene_inputs
+    from stsun.runtime.preview import preview
+    from stsun.runtime.remote import HTTP_TIMEOUT_S
+
+    base, _ = http
+    dates = [f"{base}/date1/item.json", f"{base}/date2/item.json"]
+    prediction = run(engine, [stac / "date1" / "item.json", stac / "date2" / "item.json"], tmp_path / "map.tif")
+    timeouts, read = [], scene_inputs.DateReader.read
+
+    def spy(self, window, *args, **kwargs):
+        timeouts.append(get_gdal_config("GDAL_HTTP_TIMEOUT"))
+        return read(self, window, *args, **kwargs)
+
+    monkeypatch.setattr(scene_inputs.DateReader, "read", spy)
+    monkeypatch.delenv("GDAL_HTTP_TIMEOUT", raising=False)
+    pytest.importorskip("matplotlib")
+    preview(dates, prediction, tmp_path / "map.png", engine.profile)
+    with contextlib.ExitStack() as stack:
+        image = _scene_images([("scene", dates)], engine.profile, stack)[0]
+        image.read(0, 0)
+    assert len(timeouts) == 4 and set(timeouts) == {HTTP_TIMEOUT_S}, timeouts
+
+
+def test_each_read_ahead_thread_opens_its_own_file_only(engine, http, tmp_path, monkeypatch):
+    from collections import Counter
+
+    from stsun.runtime import scene_inputs
+
+    base, _ = http
+    opened, real_open = Counter(), scene_inputs._open
+
+    def counting_open(path):
+        opened[path] += 1
+        return real_open(path)
+
+    monkeypatch.setattr(scene_inputs, "_open", counting_open)
+    run(engine, [f"{base}/date1/item.json", f"{base}/date2/item.json"], tmp_path / "map.tif")
+    files = 2 * len(engine.profile.band_names)
+    assert len(opened) == files  # each band file of the two dates
+    # warming the headers, the grid, the scene's reader, the one read-ahead thread of that file
+    assert max(opened.values()) <= 4, opened

@@ -256,3 +256,21 @@ def test_a_scene_without_crs_warns_and_the_cli_prints_one_line(scd_build, tmp_pa
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a scene with a CRS warns of nothing
         predict_scene(engine, files["dates"], tmp_path / "pred2.tif", SceneOptions(progress=False))
+
+
+def test_the_block_cache_is_set_once_in_bytes(scd_build, tmp_path, monkeypatch):
+    """rasterio passes an int GDAL_CACHEMAX to GDALSetCacheMax64, in bytes: 256 would be a
+    256-byte cache. It is process-wide in GDAL, so only the scene's own thread sets it."""
+    seen = []
+
+    class Spy(rasterio.Env):
+        def __init__(self, *args, **options):
+            if "GDAL_CACHEMAX" in options:
+                seen.append(options["GDAL_CACHEMAX"])
+            super().__init__(*args, **options)
+
+    monkeypatch.setattr(rasterio, "Env", Spy)
+    engine = load_engine(scd_build, backend="onnxruntime")
+    files = write_scene(engine.profile, tmp_path / "in", size=256, seed=1)
+    predict_scene(engine, files["dates"], tmp_path / "pred.tif", SceneOptions(progress=False))
+    assert len(seen) == 1 and seen[0] >= 256 << 20

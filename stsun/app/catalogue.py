@@ -10,12 +10,14 @@ each band (class values, names, colours, the nodata value); and provenance under
 from __future__ import annotations
 
 import json
-from pathlib import Path
+import warnings
+from pathlib import Path, PurePosixPath
 
 from stsun.atomic import atomic_write
 from stsun.build_report import REPORT_NAME as BUILD_REPORT
 from stsun.classmaps import CHANGE_COLOURS, class_colours
 from stsun.digest import file_sha256
+from stsun.errors import SceneError
 
 STSUN_FIELDS = ("stsun:profile", "stsun:task", "stsun:build_report_sha256", "stsun:backend", "stsun:precision",
                 "stsun:version", "stsun:inputs")
@@ -71,7 +73,7 @@ def result_item(map_path: Path, href: str, dates: list, engine, build_dir: str |
     geometry = {"type": "Polygon", "coordinates": [[[west, south], [east, south], [east, north], [west, north],
                                                     [west, south]]]}
     times = sorted(dt.datetime.fromisoformat(d.datetime.replace("Z", "+00:00")) for d in dates if d.datetime)
-    stem = Path(href).name.removesuffix(".tif")
+    stem = PurePosixPath(href).stem  # x.tif, x.TIFF -> x
     item = pystac.Item(stem, geometry, [west, south, east, north],
                        times[0] if times else dt.datetime.now(dt.timezone.utc),
                        {"start_datetime": times[0].isoformat(), "end_datetime": times[-1].isoformat()} if times else {})
@@ -94,10 +96,25 @@ def result_item(map_path: Path, href: str, dates: list, engine, build_dir: str |
     return item.to_dict(include_self_link=False)
 
 
+def check_item_path(map_path: Path) -> Path:
+    """Where the map's Item goes (``X.tif`` -> ``X.json``), refused when a file there is not a
+    result Item of ours (an input STAC Item, a user's file): it would be overwritten."""
+    path = map_path.with_suffix(".json")
+    if path.exists():
+        try:
+            ours = "stsun:version" in json.loads(path.read_text()).get("properties", {})
+        except (OSError, ValueError, AttributeError):
+            ours = False
+        if not ours:
+            raise SceneError(f"{path} exists and is not a result Item of stsun's: writing the map's STAC Item "
+                             f"there would overwrite it; choose another output name")
+    return path
+
+
 def write_item(map_path: Path, href: str, dates: list, engine, build_dir: str | Path) -> Path:
     """The map's Item, written beside it (``X.tif`` -> ``X.json``)."""
+    path = check_item_path(map_path)
     data = result_item(map_path, href, dates, engine, build_dir)
-    path = map_path.with_suffix(".json")
     atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=1) + "\n"))
     return path
 
@@ -112,18 +129,26 @@ def item_collection(items: list[dict]) -> dict:
 def write_collection(outdir: Path, store: str | None, job_ids: list[str]) -> Path:
     """``catalogue.json`` in ``outdir``: an ItemCollection of the Items of ``job_ids``' maps
     (read from the store when ``store`` is given), hrefs relative to it."""
+    import pystac
+
     from .outputs import get_text, join
 
     items = []
     for job_id in job_ids:
-        text = get_text(join(store, f"{job_id}.json")) if store else (
-            (outdir / f"{job_id}.json").read_text() if (outdir / f"{job_id}.json").is_file() else None)
-        if text:
-            items.append(json.loads(text))
+        name = join(store, f"{job_id}.json") if store else outdir / f"{job_id}.json"
+        text = get_text(name) if store else (name.read_text() if name.is_file() else None)
+        if not text:
+            continue
+        try:  # a corrupt Item leaves its map out of the catalogue, not the others
+            item = json.loads(text)
+            pystac.Item.from_dict(item)
+            items.append(item)
+        except (ValueError, KeyError, TypeError, AttributeError, pystac.STACError, pystac.errors.STACTypeError) as err:
+            warnings.warn(f"{name}: not a STAC Item, left out of the catalogue ({err})", stacklevel=2)
     path = outdir / "catalogue.json"
     data = item_collection(items)
     atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=1) + "\n"))
     return path
 
 
-__all__ = ["STSUN_FIELDS", "item_collection", "result_item", "write_collection", "write_item"]
+__all__ = ["STSUN_FIELDS", "check_item_path", "item_collection", "result_item", "write_collection", "write_item"]

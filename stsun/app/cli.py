@@ -43,8 +43,9 @@ from stsun.profiles import Profile, builtin_profiles, load_profile
 
 # Markup and highlighting off: paths, ids and GDAL's messages are printed verbatim ("[map.tif: ...]"
 # would otherwise be read as a markup tag and vanish); styled words are Text.
-console = Console(markup=False, highlight=False)
-errors = Console(stderr=True, markup=False, highlight=False)
+# Emoji codes off too: a path holding ":thumbs_up:" is printed as typed.
+console = Console(markup=False, highlight=False, emoji=False)
+errors = Console(stderr=True, markup=False, highlight=False, emoji=False)
 
 
 def styled(label: str, style: str, message: str) -> Text:
@@ -326,6 +327,7 @@ def predict(
     from stsun.app.outputs import scene_output
     from stsun.runtime import load_engine
     from stsun.runtime.preview import preview as write_preview
+    from stsun.runtime.remote import as_url
     from stsun.runtime.scene import SceneOptions, predict_scene
 
     remote = {"url": url, "protocol": protocol} if backend == "triton" else {}
@@ -340,7 +342,7 @@ def predict(
         if preview:
             write_preview(list(dates), local, preview, engine.profile, dn_offset=dn_offset)
     written = [output] + ([output.with_suffix(".probs.tif")] if probabilities else []) + ([preview] if preview else [])
-    console.print(f"wrote {', '.join(map(str, written))}", soft_wrap=True)
+    console.print(f"wrote {', '.join(map(as_url, written))}", soft_wrap=True)  # s3://, not Path's s3:/
     for line in summary_lines(summary):
         console.print(line, soft_wrap=True)
 
@@ -405,8 +407,9 @@ def predict_many(
     from stsun.app.manifest import read_manifest
     from stsun.app.many import REPORT_NAME, EngineSpec, RunOptions
     from stsun.app.many import predict_many as run
-    from stsun.app.outputs import local_dir
+    from stsun.app.outputs import join, local_dir
     from stsun.runtime.engine import BuildDir
+    from stsun.runtime.remote import as_url
 
     if scheduler and workers:
         raise usage("--workers sizes the local cluster; with --scheduler the cluster's own workers run")
@@ -424,12 +427,11 @@ def predict_many(
                             align=align, dn_offset=dn_offset, mask_quality=mask_quality,
                             probabilities=probabilities, preview=preview),
                  log=lambda text: console.print(text, highlight=False, soft_wrap=True))
-    from stsun.runtime.remote import as_url  # an s3:// OUTDIR typed as a Path lost a slash
 
     counts = report["counts"]
     rate = f", {report['scenes_per_hour']:g} scenes/h" if report["scenes_per_hour"] else ""
     console.print(f"{counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed{rate}; "
-                  f"report: {as_url(output / REPORT_NAME)}", highlight=False, soft_wrap=True)
+                  f"report: {join(as_url(output), REPORT_NAME)}", highlight=False, soft_wrap=True)
     for job in report["jobs"]:
         if job["status"] == "failed":
             errors.print(styled("failed:", "bold red", f"{job['id']}: {job['error']}"), soft_wrap=True)
@@ -460,7 +462,7 @@ def triton_repo(
     names = write_triton_repo(build_or_positional(build, build_dir), output, precision, ServingConfig(
         instances=instances, intra_op_threads=intra_op_threads, max_queue_size=max_queue_size,
         queue_timeout_s=queue_timeout))
-    console.print(f"wrote {', '.join(names)} into {output}")
+    console.print(f"wrote {', '.join(names)} into {output}", soft_wrap=True)
 
 
 @command()
@@ -648,7 +650,7 @@ def evaluate(
     results = _evaluate_data(data, load_profile(profile), checkpoint, build, backend, precision, split, batch, figure)
     _write_results(results, data_markdown(results), output)
     if figure:
-        console.print(f"wrote {figure}")
+        console.print(f"wrote {figure}", soft_wrap=True)
 
 
 def _write_results(results: dict, table: str, output: Optional[Path]) -> None:
@@ -674,7 +676,8 @@ def _evaluate_data(data: Path, profile: Profile, checkpoint: Optional[Path], bui
     ckpt = checkpoint or DEMO_CHECKPOINT
     model, meta = load_checkpoint(ckpt)
     split, regions = evaluation_regions(dataset, split, meta.get("training", {}))
-    console.print(f"{dataset.describe()}\nscoring split '{split}': {len(regions)} regions", highlight=False)
+    console.print(f"{dataset.describe()}\nscoring split '{split}': {len(regions)} regions", highlight=False,
+                  soft_wrap=True)
     predictors = {f"checkpoint {ckpt.name}": model_predictor(model, profile)}
     if build is not None:
         from stsun.runtime import load_engine
@@ -739,7 +742,7 @@ def _train_synthetic(names: list[str], size: str, steps: int, batch: int, lr: Op
     info["command"] = "stsun " + " ".join(sys.argv[1:])
     path = save_checkpoint(model, output, extra={"training": info})
     console.print(f"saved {path} after {info['steps_done']} steps ({info['seconds']} s), "
-                  f"loss {info['final_loss_avg20']:.3f}")
+                  f"loss {info['final_loss_avg20']:.3f}", soft_wrap=True)
 
 
 @command("evaluate-synthetic")
@@ -763,7 +766,7 @@ def _evaluate_synthetic(checkpoint: Optional[Path], tiles: int, output: Optional
     _write_results(results, markdown_table(results), output)
     if figure:
         demo_figure(model, figure)
-        console.print(f"wrote {figure}")
+        console.print(f"wrote {figure}", soft_wrap=True)
 
 
 @command("calibrate-bn")
@@ -786,7 +789,8 @@ def calibrate_bn(
     extra = {k: v for k, v in meta.items() if k not in ("format", "config")}
     extra.setdefault("training", {})["batchnorm_calibration"] = info
     save_checkpoint(model.eval(), output or checkpoint, extra=extra)
-    console.print(f"calibrated {', '.join(sorted({p.task for p in profs}))} statistics -> {output or checkpoint}")
+    console.print(f"calibrated {', '.join(sorted({p.task for p in profs}))} statistics -> {output or checkpoint}",
+                  soft_wrap=True)
 
 
 if __name__ == "__main__":

@@ -1,25 +1,31 @@
 """Where maps go: a local path, or an object store (``s3://bucket/key.tif``), written safely.
 
 A map for an object store is written locally first (a temporary directory), with its STAC Item
-beside it, then uploaded: the map, its extra files, and the Item last. An S3 object appears
+beside it, then uploaded: the map, its extra files, its Item, and predict-many's job record last
+(the record is what resume trusts: it appears only once all the rest is there). An S3 object appears
 only when its upload completes (a single PUT, or a multipart upload's completion), and a failed
 upload aborts its multipart upload, so a failed or interrupted run leaves no object and no
-parts behind; parts a killed run left under the same keys are aborted before the next upload.
+parts behind; parts a killed run left under the same keys (uploads begun before this one, not a
+duplicate attempt's live one) are aborted before the next upload.
 The endpoint and credentials are boto3's own (``AWS_ENDPOINT_URL``, ``AWS_*``, profile files; see
 ``stsun.runtime.remote``). Nothing is ever written to a local folder named ``s3:``.
 """
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import os
 import tempfile
 from collections.abc import Iterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from stsun.errors import SceneError
 from stsun.runtime.remote import as_url, is_remote, redact, s3_client, split_s3
 
 MULTIPART_BYTES = 64 << 20  # larger maps are uploaded in parts of this size
+CLOCK_SKEW = dt.timedelta(seconds=5)  # between this machine's clock and the store's ``Initiated``
+# what may be written beside a map X.tif, in upload order: extras, its Item, the job record last
+SIBLING_SUFFIXES = (".probs.tif", ".png", ".json", ".job.json")
 
 
 def is_store(target: str | os.PathLike) -> bool:
@@ -48,27 +54,41 @@ def upload(path: Path, url: str) -> None:
 
     client = s3_client()
     bucket, key = split_s3(url)
-    abort_parts(client, bucket, key)
+    # a killed run's uploads, not a live duplicate's; what is left is not ours to abort on failure
+    others = abort_parts(client, bucket, key, before=now() - CLOCK_SKEW)
     config = TransferConfig(multipart_threshold=MULTIPART_BYTES, multipart_chunksize=MULTIPART_BYTES,
                             max_concurrency=4)
     try:
         client.upload_file(str(path), bucket, key, Config=config)
     except (BotoCoreError, ClientError, S3UploadFailedError) as err:
-        abort_parts(client, bucket, key)
+        abort_parts(client, bucket, key, keep=others)
         raise _failure(err, url) from None
     except BaseException:  # interrupted (Ctrl-C, SIGTERM): s3transfer aborts its upload; make sure
-        abort_parts(client, bucket, key)
+        abort_parts(client, bucket, key, keep=others)
         raise
 
 
-def abort_parts(client, bucket: str, key: str) -> None:
-    """Abort the unfinished multipart uploads of ``key`` (a killed run's)."""
-    from botocore.exceptions import ClientError
+def now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
 
-    with contextlib.suppress(ClientError):
+
+def abort_parts(client, bucket: str, key: str, *, before: dt.datetime | None = None,
+                keep: frozenset[str] = frozenset()) -> frozenset[str]:
+    """Abort the unfinished multipart uploads of ``key`` but those in ``keep``, and when ``before``
+    is given only those begun before it (a killed run's); the ids of those left. Best effort: a
+    failure here never hides the error (or the interruption) that led to it."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    left = set()
+    with contextlib.suppress(BotoCoreError, ClientError):
         for up in client.list_multipart_uploads(Bucket=bucket, Prefix=key).get("Uploads", []):
-            if up["Key"] == key:
+            if up["Key"] != key:
+                continue
+            if up["UploadId"] in keep or (before and up.get("Initiated") and up["Initiated"] >= before):
+                left.add(up["UploadId"])
+            else:
                 client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=up["UploadId"])
+    return frozenset(left)
 
 
 def head(url: str) -> dict | None:
@@ -97,22 +117,28 @@ def get_text(url: str) -> str | None:
         raise _failure(err, url) from None
 
 
+def base_name(name: str) -> str:
+    """A map's name without its suffix (``x.TIFF`` -> ``x``), the stem its siblings share."""
+    suffix = PurePosixPath(name).suffix
+    return name[:-len(suffix)] if suffix else name
+
+
 def siblings(local_map: Path) -> list[Path]:
-    """The files written beside a map (``X.tif`` -> ``X.probs.tif``, ``X.png``, ``X.job.json``),
-    the map first and its STAC Item (``X.json``) last: an Item in the store means its map is complete."""
-    stem = local_map.name.removesuffix(".tif")
-    others = sorted(p for p in local_map.parent.glob(f"{stem}.*") if p.is_file() and not p.name.startswith(".")
-                    and p not in (local_map, local_map.with_suffix(".json")))
-    item = local_map.with_suffix(".json")
-    return [local_map, *others] + ([item] if item.is_file() else [])
+    """The map and the files written beside it, by their exact names, in upload order: the map,
+    ``X.probs.tif``, ``X.png``, its STAC Item ``X.json``, predict-many's record ``X.job.json``
+    last (job ``a``'s siblings are never job ``a.b``'s files)."""
+    base = base_name(local_map.name)
+    return [local_map] + [p for p in (local_map.with_name(base + s) for s in SIBLING_SUFFIXES) if p.is_file()]
 
 
 def publish(local_map: Path, target: str) -> list[str]:
-    """Upload a finished map and its siblings to ``target`` (the map's URL); their URLs."""
-    prefix = target.rsplit("/", 1)[0]
+    """Upload a finished map and its siblings to ``target`` (the map's URL; its siblings' keys
+    share its base name: ``x.tiff`` -> ``x.json``); their URLs."""
+    prefix, name = target.rsplit("/", 1)
+    local_base = base_name(local_map.name)
     urls = []
     for path in siblings(local_map):
-        url = join(prefix, target.rsplit("/", 1)[1].removesuffix(".tif") + path.name[len(local_map.stem):])
+        url = target if path == local_map else join(prefix, base_name(name) + path.name[len(local_base):])
         upload(path, url)
         urls.append(url)
     return urls
@@ -129,7 +155,7 @@ def staged(target: str | os.PathLike) -> Iterator[Path]:
         yield Path(target)
         return
     url = as_url(target)
-    if url.endswith("/") or not url.lower().endswith((".tif", ".tiff")):
+    if url.endswith("/") or PurePosixPath(url).suffix.lower() not in (".tif", ".tiff"):
         raise SceneError(f"output {redact(url)}: give the map's key, ending in .tif (s3://bucket/path/map.tif)")
     with tempfile.TemporaryDirectory(prefix="stsun-upload-") as work:
         local = Path(work) / "map.tif"
@@ -143,10 +169,11 @@ def scene_output(target: str | os.PathLike, dates: list, engine, build_dir: str 
     block succeeds, before any upload: ``stsun predict``'s output."""
     from stsun.runtime.scene_inputs import resolve_date
 
-    from .catalogue import write_item
+    from .catalogue import check_item_path, write_item
 
     url = as_url(target) if is_store(target) else None
     with staged(target) as local:
+        check_item_path(local)  # before any compute
         yield local
         inputs = [resolve_date(d, engine.profile) for d in dates]
         write_item(local, url.rsplit("/", 1)[-1] if url else local.name, inputs, engine, build_dir)
@@ -154,20 +181,35 @@ def scene_output(target: str | os.PathLike, dates: list, engine, build_dir: str 
 
 def local_dir(outdir: str | os.PathLike) -> tuple[Path, str | None]:
     """(the local folder maps are written in, the ``s3://`` prefix they are published to or None).
-    A prefix's folder is a fixed one under the temporary directory, so every host and every run
-    stages it in the same place."""
+    A prefix's folder is a fixed one under the temporary directory, so every run of a host stages
+    it in the same place (and predict-many's lock there holds); it is this user's own (mode 0700,
+    checked), so another user cannot plant or read files in it."""
     if not is_store(outdir):
         return Path(outdir).resolve(), None
     import hashlib
 
     url = as_url(outdir).rstrip("/") + "/"
-    local = Path(tempfile.gettempdir()) / "stsun-outputs" / hashlib.sha256(url.encode()).hexdigest()[:16]
-    local.mkdir(parents=True, exist_ok=True)
-    return local, url
+    mine = _private(Path(tempfile.gettempdir()) / f"stsun-outputs-{os.getuid()}")
+    return _private(mine / hashlib.sha256(url.encode()).hexdigest()[:16]), url
+
+
+def _private(folder: Path) -> Path:
+    """``folder``, made if missing; refused unless it is a real directory of this user's that
+    no one else can enter."""
+    import stat
+
+    with contextlib.suppress(FileExistsError):
+        folder.mkdir(mode=0o700)
+    info = folder.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise SceneError(f"{folder}: not a private folder of this user's (owner, mode or a link); "
+                         f"remove it or set TMPDIR elsewhere")
+    return folder
 
 
 def publish_job(out: Path, store: str) -> None:
-    """A predict-many job's map and its siblings (record, Item last) to the store, then removed here."""
+    """A predict-many job's map and its siblings (Item, then the record last) to the store, then
+    removed here."""
     publish(out, join(store, out.name))
     for path in siblings(out):
         path.unlink(missing_ok=True)
@@ -175,7 +217,8 @@ def publish_job(out: Path, store: str) -> None:
 
 def stored_output(store: str, job_id: str, fingerprint: str, extras: list[str]) -> dict | None:
     """The record of a job whose map, extras and Item are in the store and match the record (same
-    fingerprint, the map's size as uploaded); None when the job must run."""
+    fingerprint, the map's size as uploaded); None when the job must run. The record is uploaded
+    last, so a record in the store means the rest went up before it."""
     import json
 
     try:
@@ -203,6 +246,6 @@ def publish_catalogue(outdir: Path, store: str | None, job_ids: list[str]) -> No
             upload(path, join(store, path.name))
 
 
-__all__ = ["MULTIPART_BYTES", "abort_parts", "get_text", "head", "is_store", "join", "local_dir", "publish",
-           "publish_catalogue", "publish_job", "scene_output", "stored_output", "siblings", "staged",
+__all__ = ["MULTIPART_BYTES", "abort_parts", "base_name", "get_text", "head", "is_store", "join", "local_dir",
+           "publish", "publish_catalogue", "publish_job", "scene_output", "stored_output", "siblings", "staged",
            "upload"]

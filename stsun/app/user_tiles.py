@@ -95,6 +95,7 @@ def _scene_images(scenes: list[tuple[str, list[str]]], profile: Profile, stack: 
     """One image per scene (id, date paths): the dates on the first date's grid."""
     from rasterio.windows import Window
 
+    from stsun.runtime.remote import gdal_env, is_remote
     from stsun.runtime.scene_inputs import DateReader, native_grid, resolve_date
 
     tile = profile.tile_size
@@ -108,7 +109,8 @@ def _scene_images(scenes: list[tuple[str, list[str]]], profile: Profile, stack: 
             if not opened:
                 opened.extend(DateReader(d, profile, grid, stack) for d in resolved)
             window = Window(col, row, min(tile, grid.width - col), min(tile, grid.height - row))
-            parts = [r.read(window) for r in opened]
+            with gdal_env() if any(is_remote(d) for d in dates) else contextlib.nullcontext():  # timeouts, retries
+                parts = [r.read(window) for r in opened]
             valid = np.logical_and.reduce([v for _, v in parts])
             x = np.stack([b for b, _ in parts])
             x[:, :, ~valid] = 0.0
