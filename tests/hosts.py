@@ -113,7 +113,9 @@ class Network:
               log: str | None = None) -> subprocess.Popen:
         """Run ``argv`` on ``host`` in a process group of its own, each ``private`` directory an empty
         tmpfs seen by this process tree only; output to ``logdir/<log or host>.log``."""
-        mounts = "".join(f"mkdir -p {shlex.quote(d)} && mount -t tmpfs -o size=512m tmpfs {shlex.quote(d)} && "
+        # mode 700: a hidden folder the code checks for privacy (the s3:// staging folder) stays private
+        mounts = "".join(f"mkdir -p -m 700 {shlex.quote(d)} && mount -t tmpfs -o size=512m,mode=700 tmpfs "
+                         f"{shlex.quote(d)} && "
                          for d in private)
         script = f"{mounts}exec {shlex.join(argv)}"
         cmd = ["ip", "netns", "exec", host.namespace, "unshare", "--mount", "--propagation", "private",

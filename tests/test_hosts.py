@@ -50,19 +50,28 @@ BUCKET = "stsun-hosts"
 FAULT_SCENES = ["a", "b", "c"]  # a job for the lost worker, one queued, one for the other worker
 TRITON_SCENES = ["a", "b"]  # every tile goes through the server's python backend: the slowest run
 RUN_S = 240  # the most one predict-many may take
-TMP = tempfile.gettempdir()  # hidden from every worker: the scenes, the client's build, its staging
+# The client's staging folder for s3:// outputs (stsun.app.outputs), hidden from every worker
+STAGING = Path(tempfile.gettempdir()) / f"stsun-outputs-{os.getuid()}"
+
+
+def hidden_from_workers(root: Path) -> tuple[str, ...]:
+    """This test run's temporary directory (the scenes, the client's build) and the client's
+    staging folder: what no worker may see. Not all of the temporary directory: the code under
+    test may itself live there (CI's clean clone)."""
+    return str(root.parent), str(STAGING)
 
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
     path = tmp_path_factory.mktemp("hosts")
-    assert str(path).startswith(TMP + "/")  # so the workers cannot see it
+    assert path.parent == tmp_path_factory.getbasetemp()  # hidden_from_workers hides it
     return path
 
 
 @pytest.fixture(scope="module")
-def build(scd_build):
-    assert str(scd_build).startswith(TMP + "/")  # the client's alone: the workers cannot see it
+def build(scd_build, tmp_path_factory):
+    # the client's alone: hidden_from_workers hides it
+    assert tmp_path_factory.getbasetemp() in scd_build.parents
     return scd_build
 
 
@@ -118,7 +127,8 @@ def store(network, scenes, root):
 
 @pytest.fixture(scope="module")
 def cluster(network, root, store):
-    with dask_cluster(network, 3, str(root / "scratch"), hidden=(TMP,), env={**cluster_env(1), **store[0]}) as cl:
+    with dask_cluster(network, 3, str(root / "scratch"), hidden=hidden_from_workers(root),
+                      env={**cluster_env(1), **store[0]}) as cl:
         yield cl
 
 
@@ -306,7 +316,7 @@ def run_with_a_lost_worker(network, root, build, store, prefix, lose, allowed_fa
 
     env, s3, _ = store
     manifest = some_jobs(store, FAULT_SCENES)
-    with dask_cluster(network, 2, str(root / "scratch"), hidden=(TMP,), prefix=prefix,
+    with dask_cluster(network, 2, str(root / "scratch"), hidden=hidden_from_workers(root), prefix=prefix,
                       env={**cluster_env(allowed_failures), **env}) as cl, Client(cl.address) as client:
         victim = next(a for a in worker_addresses(client) if cl.workers[0].address in a)
         start = time.monotonic()
